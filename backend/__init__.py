@@ -1,0 +1,1 @@
+"""Serving logic for the prompt-embeddings Triton model: everything model.py needs, testable without Triton."""

@@ -1,0 +1,101 @@
+"""Model configuration: engine arguments from model.json, serving switches from config.pbtxt.
+
+Both are read once, by one typed loader, when the model loads; a bad value fails the load with a
+message that names the setting. Requests never re-check configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from backend.errors import ConfigError
+
+DEFAULT_PLACEHOLDER = "<|prompt_embeds|>"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    """Switches from config.pbtxt `parameters` (all strings there; typed here)."""
+
+    placeholder: str = DEFAULT_PLACEHOLDER  # reserved marker for an embedding part in text
+    max_embedding_parts: int = 64  # parts per request
+    max_request_json_bytes: int = 4 << 20  # `messages` and `sampling_parameters` size cap
+    max_queued_requests: int = 256  # admission control: requests waiting for their first token
+    max_queued_prompt_tokens: int = 1 << 20  # admission control: prompt tokens of those requests
+    cancel_poll_interval_s: float = 0.05  # how often cancelled requests are looked for
+    shutdown_grace_s: float = 10.0  # finalize() lets in-flight requests run this long
+    report_custom_metrics: bool = True
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"parameter {name!r}: expected a boolean, got {value!r}")
+
+
+def parse_serving_config(parameters: Mapping[str, str]) -> ServingConfig:
+    """Build a ServingConfig from config.pbtxt parameters; unknown keys are an error (typos)."""
+    fields = {f.name: f for f in dataclasses.fields(ServingConfig)}
+    values: dict[str, Any] = {}
+    for name, raw in parameters.items():
+        if name not in fields:
+            raise ConfigError(f"unknown parameter {name!r} in config.pbtxt; known: {sorted(fields)}")
+        kind = type(getattr(ServingConfig, name))
+        try:
+            if kind is bool:
+                values[name] = _parse_bool(name, raw)
+            else:
+                values[name] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"parameter {name!r}: expected {kind.__name__}, got {raw!r}") from None
+    config = ServingConfig(**values)
+    if not config.placeholder.strip():
+        raise ConfigError("parameter 'placeholder' must not be empty")
+    for name in ("max_embedding_parts", "max_request_json_bytes", "max_queued_requests",
+                 "max_queued_prompt_tokens"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"parameter {name!r} must be >= 1")
+    if config.cancel_poll_interval_s <= 0 or config.shutdown_grace_s < 0:
+        raise ConfigError("parameters 'cancel_poll_interval_s' > 0 and 'shutdown_grace_s' >= 0 required")
+    return config
+
+
+def triton_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """Flatten Triton's `parameters` block ({"k": {"string_value": "v"}}) into {"k": "v"}."""
+    raw = model_config.get("parameters") or {}
+    return {key: str(value.get("string_value", "")) for key, value in raw.items()}
+
+
+def load_engine_args(path: Path) -> dict[str, Any]:
+    """Read model.json: any AsyncEngineArgs field. Relative paths ('./', '../') are resolved
+    against the file's directory, so the repository runs from any working directory."""
+    try:
+        args = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"engine arguments file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(args, dict):
+        raise ConfigError(f"{path}: expected a JSON object of AsyncEngineArgs fields")
+    if "model" not in args:
+        raise ConfigError(f"{path}: 'model' is required")
+    if args.setdefault("enable_prompt_embeds", True) is not True:
+        raise ConfigError(f"{path}: 'enable_prompt_embeds' must be true for this model")
+    for key in ("model", "tokenizer"):
+        value = args.get(key)
+        if isinstance(value, str) and value.startswith("."):
+            args[key] = str((path.parent / value).resolve())
+    return args
+
+
+def check_engine_arg_names(args: Mapping[str, Any], known: set[str]) -> None:
+    """Reject model.json keys that AsyncEngineArgs does not have (typos fail the load, not silently)."""
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"model.json: unknown engine arguments {unknown}")

@@ -1,0 +1,202 @@
+"""Request parsing: named input arrays (as Triton delivers them) to one typed GenerationRequest.
+
+Input names follow Triton's vllm_backend so existing clients and perf_analyzer work unchanged;
+prompt-embedding inputs are added. Every failure is a ValidationError naming the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from vllm import SamplingParams
+
+from backend.config import ServingConfig
+from backend.embeddings import split_parts, validate_embeddings
+from backend.errors import ValidationError
+from backend.prompt import EnginePrompt, PromptBuilder
+
+# One name per wire dtype: Triton fixes an input's datatype in config.pbtxt.
+EMBEDDING_INPUTS = ("prompt_embeds", "prompt_embeds_fp16", "prompt_embeds_bf16")
+RETURN_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
+                "return_output_token_ids")
+# The SamplingParams fields a client may set. Others either change the response shape (n,
+# logprobs) or are engine internals; naming them is an error, not silently ignored.
+SAMPLING_FIELDS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens", "stop",
+    "stop_token_ids", "ignore_eos", "include_stop_str_in_output", "skip_special_tokens",
+    "spaces_between_special_tokens", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "bad_words", "logit_bias",
+})
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """Everything the engine driver needs for one request; no Triton types inside."""
+
+    prompt: EnginePrompt
+    sampling: SamplingParams
+    stream: bool = False
+    exclude_input_in_output: bool = True
+    return_finish_reason: bool = False
+    return_num_input_tokens: bool = False
+    return_num_output_tokens: bool = False
+    return_output_token_ids: bool = False
+
+
+def _scalar_bool(inputs: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = inputs.get(name)
+    if value is None:
+        return default
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype != np.bool_:
+        raise ValidationError(name, "must be one BOOL value")
+    return bool(array.reshape(-1)[0])
+
+
+def _scalar_string(inputs: Mapping[str, Any], name: str, max_bytes: int) -> str | None:
+    value = inputs.get(name)
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=object)
+    if array.size != 1:
+        raise ValidationError(name, f"must be one string, got {array.size} elements")
+    raw = array.reshape(-1)[0]
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if not isinstance(raw, (bytes, np.bytes_)):
+        raise ValidationError(name, "must be a string")
+    if len(raw) > max_bytes:
+        raise ValidationError(name, f"is {len(raw)} bytes, over the limit of {max_bytes}")
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError(name, "is not valid UTF-8") from None
+
+
+def _json_input(inputs: Mapping[str, Any], name: str, max_bytes: int) -> Any:
+    text = _scalar_string(inputs, name, max_bytes)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ValidationError(name, "is not valid JSON") from None
+
+
+def parse_sampling_params(raw: Any, *, prompt_tokens: int, max_model_len: int,
+                          prompt_input: str) -> SamplingParams:
+    """JSON object of SamplingParams fields -> SamplingParams; the prompt plus max_tokens must fit."""
+    name = "sampling_parameters"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValidationError(name, "must be a JSON object")
+    unknown = sorted(str(key)[:40] for key in set(raw) - SAMPLING_FIELDS)
+    if unknown:
+        raise ValidationError(name, f"unknown or unsupported fields {unknown[:5]}")
+    params = {key: _coerce_sampling_value(key, value) for key, value in raw.items()}
+    room = max_model_len - prompt_tokens
+    if room < 1:
+        raise ValidationError(
+            prompt_input, f"prompt of {prompt_tokens} tokens leaves no room in the context of {max_model_len}"
+        )
+    max_tokens = params.get("max_tokens")
+    if max_tokens is not None and isinstance(max_tokens, int) and max_tokens > room:
+        raise ValidationError(
+            prompt_input,
+            f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of {max_model_len}",
+        )
+    try:
+        return SamplingParams(**params)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(name, str(exc)[:200]) from None
+
+
+def _coerce_sampling_value(key: str, value: Any) -> Any:
+    """vllm_backend clients send numbers as strings ({"temperature": "0.1"}); accept both."""
+    if not isinstance(value, str):
+        return value
+    default = getattr(SamplingParams(), key, None)
+    try:
+        if isinstance(default, bool):
+            if value.lower() in ("true", "false"):
+                return value.lower() == "true"
+        elif isinstance(default, int):
+            return int(value)
+        elif isinstance(default, float):
+            return float(value)
+        elif key in ("max_tokens", "seed", "min_tokens"):
+            return int(value)
+    except ValueError:
+        raise ValidationError("sampling_parameters", f"{key}: cannot read {value[:40]!r} as a number") from None
+    return value
+
+
+def _embeddings(inputs: Mapping[str, Any], config: ServingConfig, hidden_size: int,
+                max_rows: int) -> list[torch.Tensor]:
+    given = [name for name in EMBEDDING_INPUTS if inputs.get(name) is not None]
+    if len(given) > 1:
+        raise ValidationError(given[1], f"give only one of {', '.join(EMBEDDING_INPUTS)}")
+    lengths_raw = inputs.get("prompt_embeds_lengths")
+    if not given:
+        if lengths_raw is not None:
+            raise ValidationError("prompt_embeds_lengths", "given without prompt_embeds")
+        return []
+    name = given[0]
+    value = inputs[name]
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+    tensor = validate_embeddings(tensor, hidden_size=hidden_size, max_rows=max_rows, parameter=name)
+    lengths = None
+    if lengths_raw is not None:
+        array = np.asarray(lengths_raw)
+        if array.dtype.kind not in "iu" or array.ndim != 1:
+            raise ValidationError("prompt_embeds_lengths", "must be a 1-D integer tensor")
+        lengths = [int(n) for n in array[: config.max_embedding_parts + 1]]
+        if array.size > config.max_embedding_parts:
+            raise ValidationError("prompt_embeds_lengths",
+                                  f"{array.size} parts exceed the limit of {config.max_embedding_parts}")
+    return split_parts(tensor, lengths, max_parts=config.max_embedding_parts)
+
+
+def parse_request(
+    inputs: Mapping[str, Any],
+    builder: PromptBuilder,
+    config: ServingConfig,
+    max_model_len: int,
+) -> GenerationRequest:
+    """Validate every input and build the engine prompt; raises ValidationError on bad input."""
+    text = _scalar_string(inputs, "text_input", config.max_request_json_bytes)
+    messages = _json_input(inputs, "messages", config.max_request_json_bytes)
+    if text is not None and messages is not None:
+        raise ValidationError("messages", "give either messages or text_input, not both")
+    parts = _embeddings(inputs, config, builder.hidden_size, max_rows=max_model_len - 1)
+
+    if messages is not None:
+        prompt, prompt_input = builder.from_messages(messages, parts), "messages"
+    elif text is not None:
+        prompt, prompt_input = builder.from_text(text, parts), "text_input"
+    elif parts:
+        if inputs.get("prompt_embeds_lengths") is not None and len(parts) > 1:
+            raise ValidationError("prompt_embeds_lengths", "several parts need messages or text_input with placeholders")
+        prompt, prompt_input = builder.from_embeddings(parts[0]), "prompt_embeds"
+    else:
+        raise ValidationError("text_input", "one of text_input, messages or prompt_embeds is required")
+    if prompt.num_tokens == 0:
+        raise ValidationError(prompt_input, "the prompt is empty")
+
+    stream = _scalar_bool(inputs, "stream", False)
+    # As vllm_backend: a non-streaming response includes the prompt text unless told otherwise;
+    # a stream never repeats it.
+    exclude_input = _scalar_bool(inputs, "exclude_input_in_output", stream)
+    if stream and not exclude_input:
+        raise ValidationError("exclude_input_in_output", "must be true when streaming")
+    sampling = parse_sampling_params(
+        _json_input(inputs, "sampling_parameters", config.max_request_json_bytes),
+        prompt_tokens=prompt.num_tokens, max_model_len=max_model_len, prompt_input=prompt_input,
+    )
+    flags = {name: _scalar_bool(inputs, name, False) for name in RETURN_FLAGS}
+    return GenerationRequest(prompt=prompt, sampling=sampling, stream=stream,
+                             exclude_input_in_output=exclude_input, **flags)

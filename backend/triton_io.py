@@ -1,0 +1,133 @@
+"""The Triton boundary: pb_utils tensors in, plain arrays out; chunks and errors back as responses.
+
+Only this module and model.py import triton_python_backend_utils.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from backend.engine import Chunk
+from backend.errors import ERROR_CODES, error_kind, public_message
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = (
+    "text_input", "messages", "prompt_embeds", "prompt_embeds_fp16", "prompt_embeds_bf16",
+    "prompt_embeds_lengths", "stream", "sampling_parameters", "exclude_input_in_output",
+    "return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
+    "return_output_token_ids",
+)
+
+
+def read_inputs(request: Any) -> dict[str, Any]:
+    """Triton request -> {input name: numpy array (torch tensor for BF16, which numpy lacks)}."""
+    inputs: dict[str, Any] = {}
+    for name in INPUT_NAMES:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            continue
+        if name == "prompt_embeds_bf16":
+            inputs[name] = torch.from_dlpack(tensor.to_dlpack()).cpu()
+        else:
+            inputs[name] = tensor.as_numpy()
+    return inputs
+
+
+def _flag(inputs: dict[str, Any], name: str) -> bool:
+    value = inputs.get(name)
+    return value is not None and value.size == 1 and value.dtype == np.bool_ and bool(value.reshape(-1)[0])
+
+
+class TritonSink:
+    """Sends a request's responses through its decoupled response sender; final flag once only."""
+
+    def __init__(self, request: Any, inputs: dict[str, Any]) -> None:
+        self._sender = request.get_response_sender()
+        # Which optional outputs to add; malformed flags are reported by request parsing.
+        self._flags = {name: _flag(inputs, name) for name in INPUT_NAMES if name.startswith("return_")}
+        self._done = False
+        self._lock = threading.Lock()
+
+    def send(self, chunk: Chunk | None, *, final: bool) -> None:
+        response = None if chunk is None else pb_utils.InferenceResponse(output_tensors=self._tensors(chunk))
+        self._send(response, final)
+
+    def send_error(self, exc: BaseException) -> None:
+        code_name, _ = ERROR_CODES[error_kind(exc)]
+        error = pb_utils.TritonError(public_message(exc), getattr(pb_utils.TritonError, code_name))
+        self._send(pb_utils.InferenceResponse(error=error), final=True)
+
+    def is_cancelled(self) -> bool:
+        return self._sender.is_cancelled()
+
+    def _send(self, response: Any, final: bool) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = final
+            flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+            try:
+                self._sender.send(response, flags=flags)
+            except Exception:  # noqa: BLE001 - the client may be gone; nothing else to tell it
+                logger.warning("could not send a response (client gone?)", exc_info=True)
+
+    def _tensors(self, chunk: Chunk) -> list[Any]:
+        tensors = [pb_utils.Tensor("text_output", np.array([chunk.text.encode("utf-8")], dtype=np.object_))]
+        if self._flags.get("return_finish_reason"):
+            reason = (chunk.finish_reason or "").encode()
+            tensors.append(pb_utils.Tensor("finish_reason", np.array([reason], dtype=np.object_)))
+        if self._flags.get("return_num_input_tokens"):
+            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([chunk.num_input_tokens], dtype=np.uint32)))
+        if self._flags.get("return_num_output_tokens"):
+            tensors.append(pb_utils.Tensor("num_output_tokens", np.array([chunk.num_output_tokens], dtype=np.uint32)))
+        if self._flags.get("return_output_token_ids"):
+            tensors.append(pb_utils.Tensor("output_token_ids", np.array(chunk.token_ids, dtype=np.int64)))
+        return tensors
+
+
+TTFT_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
+
+
+class TritonMetrics:
+    """Triton custom metrics for the model (as vllm_backend's REPORT_CUSTOM_METRICS), on port 8002."""
+
+    def __init__(self, model_name: str) -> None:
+        labels = {"model": model_name}
+        counter = pb_utils.MetricFamily.COUNTER
+        # Families must outlive their metrics (Triton refuses updates otherwise): keep them all.
+        self._families: list[Any] = []
+
+        def family(name: str, description: str, kind: Any) -> Any:
+            self._families.append(pb_utils.MetricFamily(name=name, description=description, kind=kind))
+            return self._families[-1]
+
+        self._prompt = family("vllm:prompt_tokens_total", "Prompt tokens, after placeholder expansion", counter).Metric(labels)
+        self._embeds = family("vllm:prompt_embeds_tokens_total", "Prompt positions given as embeddings", counter).Metric(labels)
+        self._generation = family("vllm:generation_tokens_total", "Generated tokens", counter).Metric(labels)
+        outcomes = family("vllm:request_outcome_total", "Finished requests by outcome", counter)
+        self._outcomes = {o: outcomes.Metric({**labels, "outcome": o})
+                          for o in ("success", "cancelled", "invalid", "engine_dead", "error")}
+        histogram = pb_utils.MetricFamily.HISTOGRAM
+        self._ttft = family("vllm:time_to_first_token_seconds", "Time to first token", histogram).Metric(
+            labels, buckets=TTFT_BUCKETS)
+        self._tpot = family("vllm:time_per_output_token_seconds", "Time per output token after the first",
+                            histogram).Metric(labels, buckets=TPOT_BUCKETS)
+
+    def on_finish(self, request: Any, outcome: str, ttft_s: float | None, token_gaps_s: list[float],
+                  num_output_tokens: int) -> None:
+        self._prompt.increment(request.prompt.num_tokens)
+        self._embeds.increment(request.prompt.num_embedding_tokens)
+        self._generation.increment(num_output_tokens)
+        self._outcomes.get(outcome, self._outcomes["error"]).increment(1)
+        if ttft_s is not None:
+            self._ttft.observe(ttft_s)
+        for gap in token_gaps_s:
+            self._tpot.observe(gap)

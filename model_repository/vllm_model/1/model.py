@@ -1,0 +1,50 @@
+"""Triton Python-backend entry point: a thin adapter around backend.service.GenerationService."""
+
+import locale
+
+# The Python stub runs with an ASCII locale; torch and vLLM read UTF-8 files at import.
+locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# The stub ignores PYTHONPATH: make the repository's packages importable (the one sys.path edit).
+_REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+
+from backend.service import GenerationService  # noqa: E402
+from backend.triton_io import TritonMetrics, TritonSink, read_inputs  # noqa: E402
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class TritonPythonModel:
+    """Decoupled model: execute() parses and schedules; responses stream from the engine thread."""
+
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        engine_args_path = Path(args["model_repository"]) / args["model_version"] / "model.json"
+        observer = TritonMetrics(args["model_name"]) if _reports_metrics(model_config) else None
+        self.service = GenerationService(model_config, engine_args_path, observer=observer)
+
+    def execute(self, requests):
+        for request in requests:
+            inputs = read_inputs(request)
+            self.service.handle(inputs, TritonSink(request, inputs))
+        return None
+
+    def is_model_ready(self):
+        # Polled by Triton's readiness endpoints (python backend >= 24.xx); harmless where not.
+        return self.service.healthy
+
+    def finalize(self):
+        self.service.shutdown()
+
+
+def _reports_metrics(model_config):
+    value = model_config.get("parameters", {}).get("report_custom_metrics", {}).get("string_value", "true")
+    return value.strip().lower() in ("1", "true", "yes", "on")
