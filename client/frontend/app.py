@@ -1,0 +1,95 @@
+"""The FastAPI application: routers, error handlers, middleware, and the lifespan that owns the Triton client."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from backend.errors import ServingError
+from client.frontend.config import FrontendConfig
+from client.frontend.errors import APIError, to_api_error
+from client.frontend.generation import FrontendState
+from client.frontend.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from client.frontend.routes import chat, completions, system
+from client.frontend.triton_client import GenerationClient, TritonClient
+
+logger = logging.getLogger(__name__)
+
+
+def _location(loc: tuple) -> str:
+    """Pydantic's error location -> `messages[0].content[1].data` (union branch names dropped)."""
+    out = ""
+    for item in loc:
+        if item == "body":
+            continue
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif "[" in str(item) or "-" in str(item):  # e.g. 'list[...]', 'function-after[...]'
+            continue
+        else:
+            out += ("." if out else "") + str(item)
+    return out
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """FastAPI/pydantic request errors -> one short 400 that names the first bad parameter."""
+    errors = exc.errors()
+    if not errors:
+        return APIError(400, "invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return APIError(400, "request body is not valid JSON")
+    param = _location(tuple(first.get("loc", ()))) or None
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")[:200]
+    if first.get("type") == "extra_forbidden":
+        message = "unknown or unsupported parameter"
+    return APIError(400, f"{param}: {message}" if param else message, param)
+
+
+def create_app(config: FrontendConfig, client_factory: Callable[[], GenerationClient] | None = None) -> FastAPI:
+    """Build the app; the generation client is made inside the serving loop (gRPC aio needs it)."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = client_factory() if client_factory else TritonClient(
+            config.triton_url, config.triton_model, timeout_s=config.request_timeout_s)
+        app.state.frontend = FrontendState(config, client, metrics)
+        logger.info("serving %s (Triton model %s at %s)", config.served_name, config.triton_model, config.triton_url)
+        try:
+            yield
+        finally:
+            app.state.frontend.close()
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()
+
+    app = FastAPI(title="Triton vLLM prompt-embeds frontend", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(completions.router)
+    app.include_router(chat.router)
+    app.include_router(system.router)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc).response()
+
+    @app.exception_handler(ServingError)
+    async def _serving(_: Request, exc: ServingError) -> JSONResponse:
+        return to_api_error(exc).response()
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        return to_api_error(exc).response()
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
+    return app

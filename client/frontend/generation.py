@@ -1,0 +1,257 @@
+"""What both routers share: decoding payloads off the loop, running choices, and streaming them as SSE.
+
+A request with several choices (completions with several prompts) runs them concurrently, one
+Triton request each. Before a stream answers 200, every choice has produced its first response or
+failed, so Triton's validation errors still come back as a proper 4xx. Whatever way a request ends
+(done, failed, client gone), every Triton request it started is finished or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+
+import torch
+from fastapi import Request
+
+from backend.errors import ServingError, ValidationError
+from client.frontend.config import FrontendConfig, hidden_size_from_model_path
+from client.frontend.errors import APIError, from_serving_error, to_api_error
+from client.frontend.middleware import Metrics
+from client.frontend.payloads import PayloadLimits, decode_prompt_embeds
+from client.frontend.triton_client import Delta, GenerationClient, TritonRequest
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+
+
+class FrontendState:
+    """The app's shared objects: settings, the inference client, the decode pool, metrics, model facts."""
+
+    def __init__(self, config: FrontendConfig, client: GenerationClient, metrics: Metrics) -> None:
+        self.config = config
+        self.client = client
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="embeds-decode")
+        self._hidden_size = config.hidden_size
+        if self._hidden_size is None and config.model_path is not None:
+            self._hidden_size = hidden_size_from_model_path(config.model_path)
+        self._hidden_lock = asyncio.Lock()
+        self._tokenizer: Any = None
+
+    async def limits(self) -> PayloadLimits:
+        """Payload limits; the hidden size is probed from the model once when not configured."""
+        if self._hidden_size is None:
+            async with self._hidden_lock:
+                if self._hidden_size is None:
+                    probe = getattr(self.client, "probe_hidden_size", None)
+                    if probe is None:
+                        raise APIError(503, "the model's hidden size is unknown; start with --hidden-size")
+                    self._hidden_size = await probe()
+                    logger.info("hidden size %d (probed from the inference server)", self._hidden_size)
+        return PayloadLimits(hidden_size=self._hidden_size, max_rows=self.config.max_embed_rows,
+                             allow_pickle=self.config.allow_pickle)
+
+    async def decode(self, payloads: Sequence[str], payload_format: str,
+                     parameters: Sequence[str]) -> list[torch.Tensor]:
+        """Decode and validate payloads in the worker pool (never on the event loop), in order."""
+        if len(payloads) > self.config.max_embed_parts:
+            raise APIError(400, f"{len(payloads)} prompt_embeds payloads exceed the limit of "
+                                f"{self.config.max_embed_parts}", "prompt_embeds")
+        limits = await self.limits()
+        loop = asyncio.get_running_loop()
+        tensors = []
+        for payload, parameter in zip(payloads, parameters):
+            try:
+                tensors.append(await loop.run_in_executor(
+                    self.executor, lambda p=payload, n=parameter: decode_prompt_embeds(
+                        p, limits, payload_format=payload_format, parameter=n)))
+            except ValidationError as exc:
+                raise APIError(400, exc.message if exc.parameter == "prompt_embeds" else str(exc),
+                               exc.parameter) from None
+        return tensors
+
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer (only for token-id prompts), loaded on first use."""
+        if self.config.model_path is None:
+            raise APIError(400, "token-id prompts need the frontend started with --model-path; send text",
+                           "prompt")
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.config.model_path)
+        return self._tokenizer
+
+    def text_for_token_ids(self, ids: list[int]) -> str:
+        """Token ids -> the text that tokenizes back to exactly these ids (BOS included), else 400.
+
+        The Triton model takes text, not ids; an id list is accepted only when that is lossless.
+        """
+        tokenizer = self.tokenizer()
+        if any(i >= len(tokenizer) for i in ids):
+            raise APIError(400, "token id out of the vocabulary", "prompt")
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+        if prefix and ids[: len(prefix)] == prefix:
+            text = tokenizer.decode(ids[len(prefix):], skip_special_tokens=False)
+        if list(tokenizer(text, add_special_tokens=True)["input_ids"]) != list(ids):
+            raise APIError(400, "these token ids do not round-trip through the tokenizer (this server "
+                                "sends text to the model); send the prompt as text", "prompt")
+        return text
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclasses.dataclass
+class ChoiceResult:
+    """One choice, joined."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, delta: Delta) -> None:
+        self.text += delta.text
+        self.completion_tokens += delta.num_output_tokens
+        if delta.num_input_tokens is not None:
+            self.prompt_tokens = delta.num_input_tokens
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def collect(client: GenerationClient, requests: Sequence[TritonRequest]) -> list[ChoiceResult]:
+    """Run every choice to the end; the first failure cancels the others."""
+
+    async def one(request: TritonRequest) -> ChoiceResult:
+        result = ChoiceResult()
+        async with contextlib.aclosing(client.generate(request)) as stream:
+            async for delta in stream:
+                result.add(delta)
+        return result
+
+    tasks = [asyncio.create_task(one(r)) for r in requests]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        await _cancel_all([t for t in tasks if not t.done()])
+
+
+async def until_disconnected(http_request: Request, work: Awaitable[T], on_disconnect: Callable[[], None]) -> T:
+    """Await `work`, cancelling it (and so its Triton requests) if the HTTP client goes away."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await http_request.is_disconnected():
+                on_disconnect()
+                raise APIError(499, "client disconnected")
+    finally:
+        if not task.done():
+            await _cancel_all([task])
+
+
+_END = object()
+
+
+class ChoiceStreams:
+    """Several choices' delta streams merged into one (index, Delta) stream; start() surfaces early errors."""
+
+    def __init__(self, client: GenerationClient, requests: Sequence[TritonRequest]) -> None:
+        self._streams = [client.generate(r) for r in requests]
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """Wait for every choice's first response; raise the first error (after cancelling everything)."""
+        first = [asyncio.create_task(anext(s)) for s in self._streams]
+        try:
+            deltas = await asyncio.gather(*first)
+        except BaseException:
+            await _cancel_all(first)
+            await self.close()
+            raise
+        for index, (stream, delta) in enumerate(zip(self._streams, deltas)):
+            self._tasks.append(asyncio.create_task(self._pump(index, stream, delta)))
+
+    async def _pump(self, index: int, stream: AsyncIterator[Delta], first: Delta) -> None:
+        try:
+            await self._queue.put((index, first))
+            if not first.final:
+                async for delta in stream:
+                    await self._queue.put((index, delta))
+            await self._queue.put((index, _END))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
+            await self._queue.put((index, exc))
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, Delta]]:
+        running = len(self._tasks)
+        while running:
+            index, item = await self._queue.get()
+            if item is _END:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+
+    async def close(self) -> None:
+        """Cancel what still runs; closing each generator cancels its gRPC call."""
+        await _cancel_all([t for t in self._tasks if not t.done()])
+        for stream in self._streams:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One Server-Sent Event line pair."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode("utf-8")
+
+
+async def sse_stream(
+    streams: ChoiceStreams,
+    render: Callable[[int, Delta], list[dict[str, Any]]],
+    finish: Callable[[], list[dict[str, Any]]],
+    state: FrontendState,
+    endpoint: str,
+    started: float,
+) -> AsyncIterator[bytes]:
+    """Render merged deltas as SSE chunks, then `finish()` chunks and [DONE]; errors as an error event."""
+    first = True
+    try:
+        async for index, delta in streams:
+            if first and delta.text:
+                state.metrics.first_token.labels(endpoint).observe(time.perf_counter() - started)
+                first = False
+            for chunk in render(index, delta):
+                yield sse(chunk)
+        for chunk in finish():
+            yield sse(chunk)
+    except (asyncio.CancelledError, GeneratorExit):
+        state.metrics.disconnects.labels(endpoint).inc()
+        raise
+    except Exception as exc:  # noqa: BLE001 - the status is already sent: report in-band, as vLLM does
+        error = to_api_error(exc) if not isinstance(exc, ServingError) else from_serving_error(exc)
+        yield sse(error.body())
+    finally:
+        await streams.close()
+    yield sse("[DONE]")

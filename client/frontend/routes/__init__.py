@@ -1,0 +1,1 @@
+"""HTTP routers: parse the schema, call the generation client, map errors; nothing else."""

@@ -1,0 +1,110 @@
+"""POST /v1/chat/completions: text and prompt_embeds parts, in any order and role, as one Triton request.
+
+Each `{"type": "prompt_embeds", "data": ...}` part becomes `{"type": "prompt_embeds"}` in the
+`messages` input; the decoded tensors go, concatenated in order, as `prompt_embeds` with their row
+counts in `prompt_embeds_lengths`. No base64 travels past the frontend.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from client.frontend.errors import APIError
+from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
+from client.frontend.routes.common import check_model, count_tokens, frontend_state
+from client.frontend.schemas import ChatCompletionRequest, chat_body, new_id, usage
+from client.frontend.triton_client import Delta, TritonRequest
+
+router = APIRouter()
+ENDPOINT = "/v1/chat/completions"
+
+
+def split_messages(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Messages for Triton (embedding parts without data), the payloads in order, and where each came from."""
+    messages, payloads, where = [], [], []
+    for i, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            content: Any = message.content
+        else:
+            content = []
+            for j, part in enumerate(message.content):
+                if part.type == "text":
+                    content.append({"type": "text", "text": part.text})
+                else:
+                    content.append({"type": "prompt_embeds"})
+                    payloads.append(part.data)
+                    where.append(f"messages[{i}].content[{j}]")
+        out = {"role": message.role, "content": content}
+        if message.name is not None:
+            out["name"] = message.name
+        messages.append(out)
+    return messages, payloads, where
+
+
+def concatenate(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """All parts' rows in one tensor; one shared dtype is kept, mixed dtypes go as float32."""
+    if not tensors:
+        return None
+    dtypes = {t.dtype for t in tensors}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    return torch.cat([t.to(dtype) for t in tensors])
+
+
+@router.post(ENDPOINT)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
+    """OpenAI Chat Completions with vLLM's prompt_embeds content parts."""
+    started = time.perf_counter()
+    state = frontend_state(request)
+    check_model(body.model, state)
+    if body.logprobs or body.top_logprobs is not None:
+        raise APIError(400, "logprobs is not supported by this server", "logprobs")
+    messages, payloads, where = split_messages(body)
+    tensors = await state.decode(payloads, body.prompt_embeds_format, where)
+    job = TritonRequest(body.to_sampling_params(), messages=messages, embeds=concatenate(tensors),
+                        lengths=[int(t.shape[0]) for t in tensors] or None)
+    request_id, model, created = new_id("chatcmpl"), state.config.served_name, int(time.time())
+
+    if not body.stream:
+        (result,) = await until_disconnected(request, collect(state.client, [job]),
+                                             state.metrics.disconnects.labels(ENDPOINT).inc)
+        count_tokens(state, ENDPOINT, result.prompt_tokens, result.completion_tokens)
+        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+                  "finish_reason": result.finish_reason, "stop_reason": None}
+        return chat_body(request_id, model, [choice], chunk=False, created=created,
+                         usage_info=usage(result.prompt_tokens, result.completion_tokens))
+
+    streams = ChoiceStreams(state.client, [job])
+    await streams.start()
+    totals = {"prompt": 0, "completion": 0}
+    role_sent = []
+
+    def render(index: int, delta: Delta) -> list[dict[str, Any]]:
+        chunks = []
+        if not role_sent:
+            # The first chunk names the role, as OpenAI's and vLLM's streams do.
+            chunks.append(chat_body(request_id, model, [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                         "logprobs": None, "finish_reason": None}],
+                                    chunk=True, created=created))
+            role_sent.append(True)
+        totals["prompt"] = delta.num_input_tokens or totals["prompt"]
+        totals["completion"] += delta.num_output_tokens
+        if delta.text or delta.finish_reason:
+            choice = {"index": 0, "delta": {"content": delta.text} if delta.text else {}, "logprobs": None,
+                      "finish_reason": delta.finish_reason}
+            chunks.append(chat_body(request_id, model, [choice], chunk=True, created=created))
+        return chunks
+
+    def finish() -> list[dict[str, Any]]:
+        count_tokens(state, ENDPOINT, totals["prompt"], totals["completion"])
+        if not body.include_usage:
+            return []
+        return [chat_body(request_id, model, [], chunk=True, created=created,
+                          usage_info=usage(totals["prompt"], totals["completion"]))]
+
+    return StreamingResponse(sse_stream(streams, render, finish, state, ENDPOINT, started),
+                             media_type="text/event-stream")

@@ -1,0 +1,86 @@
+"""POST /v1/completions: each prompt_embeds payload, then each text prompt, is one choice (as vLLM)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from client.frontend.errors import APIError
+from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
+from client.frontend.routes.common import check_model, count_tokens, frontend_state
+from client.frontend.schemas import CompletionRequest, completion_body, new_id, usage
+from client.frontend.triton_client import Delta, TritonRequest
+
+router = APIRouter()
+ENDPOINT = "/v1/completions"
+
+
+def _check_unsupported(body: CompletionRequest) -> None:
+    embeds = bool(body.embeds_payloads())
+    if embeds and body.echo:  # vLLM's own refusals, same wording
+        raise APIError(400, "Echo is unsupported with prompt embeds.", "echo")
+    if embeds and body.prompt_logprobs is not None:
+        raise APIError(400, "prompt_logprobs is not compatible with prompt embeds.", "prompt_logprobs")
+    for name in ("logprobs", "prompt_logprobs", "suffix"):
+        if getattr(body, name) is not None:
+            raise APIError(400, f"{name} is not supported by this server", name)
+
+
+@router.post(ENDPOINT)
+async def create_completion(body: CompletionRequest, request: Request) -> Any:
+    """OpenAI Completions with vLLM's prompt_embeds."""
+    started = time.perf_counter()
+    state = frontend_state(request)
+    check_model(body.model, state)
+    _check_unsupported(body)
+    payloads = body.embeds_payloads()
+    tensors = await state.decode(payloads, body.prompt_embeds_format, ["prompt_embeds"] * len(payloads))
+    sampling = body.to_sampling_params()
+    jobs = [TritonRequest(sampling, embeds=t) for t in tensors]
+    echoes = [""] * len(jobs)
+    for prompt in body.text_prompts():
+        text = prompt if isinstance(prompt, str) else state.text_for_token_ids(prompt)
+        jobs.append(TritonRequest(sampling, text=text))
+        echoes.append(text if body.echo else "")
+    request_id, model, created = new_id("cmpl"), state.config.served_name, int(time.time())
+
+    if not body.stream:
+        results = await until_disconnected(request, collect(state.client, jobs),
+                                           state.metrics.disconnects.labels(ENDPOINT).inc)
+        choices = [{"index": i, "text": echoes[i] + r.text, "logprobs": None, "finish_reason": r.finish_reason,
+                    "stop_reason": None} for i, r in enumerate(results)]
+        prompt_tokens = sum(r.prompt_tokens for r in results)
+        completion_tokens = sum(r.completion_tokens for r in results)
+        count_tokens(state, ENDPOINT, prompt_tokens, completion_tokens)
+        return completion_body(request_id, model, choices, chunk=False, created=created,
+                               usage_info=usage(prompt_tokens, completion_tokens))
+
+    streams = ChoiceStreams(state.client, jobs)
+    await streams.start()
+    prompt_tokens = [0] * len(jobs)
+    completion_tokens = [0] * len(jobs)
+    echoed = [False] * len(jobs)
+
+    def render(index: int, delta: Delta) -> list[dict[str, Any]]:
+        completion_tokens[index] += delta.num_output_tokens
+        prompt_tokens[index] = delta.num_input_tokens or prompt_tokens[index]
+        text = delta.text if echoed[index] else echoes[index] + delta.text
+        echoed[index] = True
+        if not text and not delta.finish_reason:
+            return []
+        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": delta.finish_reason,
+                  "stop_reason": None}
+        return [completion_body(request_id, model, [choice], chunk=True, created=created)]
+
+    def finish() -> list[dict[str, Any]]:
+        count_tokens(state, ENDPOINT, sum(prompt_tokens), sum(completion_tokens))
+        if not body.include_usage:
+            return []
+        return [completion_body(request_id, model, [], chunk=True, created=created,
+                                usage_info=usage(sum(prompt_tokens), sum(completion_tokens)))]
+
+    return StreamingResponse(sse_stream(streams, render, finish, state, ENDPOINT, started),
+                             media_type="text/event-stream")

@@ -1,0 +1,204 @@
+"""Request schemas (OpenAI Completions and Chat Completions, plus vLLM's prompt_embeds) and response builders.
+
+Every request model forbids unknown fields: a parameter this server does not implement is a 400
+naming it, never silently ignored. `to_sampling_params()` gives the JSON object the Triton model's
+`sampling_parameters` input takes (only fields the caller set, so the model's defaults apply).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from client.frontend.payloads import FORMATS
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+TokenIds = list[Annotated[int, Field(ge=0)]]
+
+# Request fields that map one to one onto the model's SamplingParams fields.
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "min_tokens", "stop_token_ids",
+                    "ignore_eos", "include_stop_str_in_output", "skip_special_tokens",
+                    "spaces_between_special_tokens", "presence_penalty", "frequency_penalty",
+                    "repetition_penalty", "bad_words", "logit_bias")
+
+
+class StrictModel(BaseModel):
+    """Base of every request model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool | None = False
+
+
+class SamplingFields(StrictModel):
+    """The sampling parameters both endpoints share (OpenAI's plus vLLM's extras)."""
+
+    model: str | None = None
+    n: int = 1
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    min_tokens: int | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    bad_words: list[str] | None = None
+    # Wire format of every prompt_embeds payload in this request (see docs/frontend.md).
+    prompt_embeds_format: Literal[FORMATS] = "torch"  # type: ignore[valid-type]
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice_per_prompt(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "SamplingFields":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options can only be given with stream=true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _sampling(self, max_tokens: int | None, *, send_null_max_tokens: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {name: getattr(self, name) for name in _SAMPLING_FIELDS
+                                  if getattr(self, name) is not None}
+        if self.stop is not None:
+            params["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if max_tokens is not None or send_null_max_tokens:
+            params["max_tokens"] = max_tokens
+        return params
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions: `prompt` and/or `prompt_embeds`; each input is its own choice."""
+
+    prompt: str | list[str] | TokenIds | list[TokenIds] | None = None
+    prompt_embeds: str | list[str] | None = None
+    max_tokens: int | None = 16
+    echo: bool | None = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _check_inputs(self) -> "CompletionRequest":
+        prompt_empty = self.prompt is None or self.prompt == "" or self.prompt == []
+        embeds_empty = self.prompt_embeds is None or self.prompt_embeds == []
+        if prompt_empty and embeds_empty:
+            raise ValueError("either prompt or prompt_embeds must be provided and non-empty")
+        return self
+
+    def to_sampling_params(self) -> dict[str, Any]:
+        """The model's `sampling_parameters` JSON; max_tokens defaults to 16 as in OpenAI and vLLM."""
+        return self._sampling(16 if self.max_tokens is None else self.max_tokens, send_null_max_tokens=False)
+
+    def embeds_payloads(self) -> list[str]:
+        """The prompt_embeds payloads, in order (they become the first choices)."""
+        if self.prompt_embeds is None:
+            return []
+        return [self.prompt_embeds] if isinstance(self.prompt_embeds, str) else list(self.prompt_embeds)
+
+    def text_prompts(self) -> list[str | list[int]]:
+        """The text (or token-id) prompts, in order (choices after the embeddings)."""
+        prompt = self.prompt
+        if prompt is None:
+            return []
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]  # one token-id prompt
+        return list(prompt)
+
+
+class TextPart(StrictModel):
+    type: Literal["text"]
+    text: str
+
+
+class PromptEmbedsPart(StrictModel):
+    type: Literal["prompt_embeds"]
+    data: str = Field(min_length=1)
+
+
+ContentPart = Annotated[TextPart | PromptEmbedsPart, Field(discriminator="type")]
+
+
+class ChatMessage(StrictModel):
+    role: Role
+    content: str | list[ContentPart]
+    name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _non_empty_parts(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("content must be a string or a non-empty list of parts")
+        return value
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions: messages whose parts may carry prompt_embeds, in any order and role."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+
+    def to_sampling_params(self) -> dict[str, Any]:
+        """The model's `sampling_parameters` JSON; no max_tokens means "up to the context", as in vLLM."""
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return self._sampling(max_tokens, send_null_max_tokens=True)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(request_id: str, model: str, choices: list[dict[str, Any]], *, chunk: bool,
+                    usage_info: dict[str, int] | None = None, created: int | None = None) -> dict[str, Any]:
+    """A text_completion object (the same shape for a response and a stream chunk, as OpenAI)."""
+    body: dict[str, Any] = {"id": request_id, "object": "text_completion", "created": created or int(time.time()),
+                            "model": model, "choices": choices}
+    if not chunk or usage_info is not None:
+        body["usage"] = usage_info
+    return body
+
+
+def chat_body(request_id: str, model: str, choices: list[dict[str, Any]], *, chunk: bool,
+              usage_info: dict[str, int] | None = None, created: int | None = None) -> dict[str, Any]:
+    """A chat.completion object, or a chat.completion.chunk."""
+    body: dict[str, Any] = {"id": request_id, "object": "chat.completion.chunk" if chunk else "chat.completion",
+                            "created": created or int(time.time()), "model": model, "choices": choices}
+    if not chunk or usage_info is not None:
+        body["usage"] = usage_info
+    return body

@@ -1,0 +1,174 @@
+"""The small interface the routers use to generate, and its implementation over Triton's asyncio gRPC stream.
+
+One HTTP choice is one Triton request on its own bidirectional stream. Responses are read as
+deltas (the model runs with `stream=true`); leaving the iterator early (client disconnect,
+another choice failing) cancels the gRPC call, which Triton turns into a cancelled request that
+the model aborts in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import re
+from typing import Any, AsyncIterator, Protocol
+
+import grpc
+import numpy as np
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from client.frontend.errors import APIError, from_grpc_error, from_triton_message
+from client.triton_inputs import build_inputs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TritonRequest:
+    """One generation: text, or chat messages, plus embedding rows; no HTTP or Triton types inside."""
+
+    sampling: dict[str, Any]
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    embeds: torch.Tensor | None = None  # all parts' rows, concatenated in order
+    lengths: list[int] | None = None  # rows per part (chat); None for one whole-prompt tensor
+
+
+@dataclasses.dataclass
+class Delta:
+    """One Triton response: the new text and the counts."""
+
+    text: str
+    num_output_tokens: int
+    num_input_tokens: int | None
+    finish_reason: str | None
+    final: bool
+
+
+class GenerationClient(Protocol):
+    """What the routers need from an inference server."""
+
+    def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        """Stream one request's deltas; the last has `final`. Raises APIError."""
+
+    async def is_ready(self) -> bool:
+        """True when the server and the model can take requests."""
+
+
+def _embeds_array(embeds: torch.Tensor) -> np.ndarray:
+    """fp16 stays fp16 (prompt_embeds_fp16); everything else goes as fp32 (bf16 -> fp32 is exact)."""
+    if embeds.dtype == torch.float16:
+        return embeds.contiguous().numpy()
+    return embeds.to(torch.float32).contiguous().numpy()
+
+
+def triton_inputs(request: TritonRequest) -> list[Any]:
+    """The request as tritonclient InferInputs (always streamed, every count returned)."""
+    return build_inputs(
+        grpcclient,
+        text=request.text,
+        messages=request.messages,
+        embeds=None if request.embeds is None else _embeds_array(request.embeds),
+        lengths=request.lengths,
+        stream=True,
+        sampling=request.sampling,
+        return_all=True,
+    )
+
+
+def read_delta(result: Any) -> Delta:
+    """One InferResult -> Delta; `final` from the response parameter, else from a finish reason."""
+    text_array = result.as_numpy("text_output")
+    text = b"".join(text_array.reshape(-1)).decode("utf-8", errors="replace") if text_array is not None else ""
+    reason_array = result.as_numpy("finish_reason")
+    reason = reason_array.reshape(-1)[0].decode() if reason_array is not None and reason_array.size else ""
+    n_in = result.as_numpy("num_input_tokens")
+    n_out = result.as_numpy("num_output_tokens")
+    parameters = result.get_response().parameters
+    final = bool(reason)
+    if "triton_final_response" in parameters:
+        final = final or parameters["triton_final_response"].bool_param
+    return Delta(
+        text=text,
+        num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None and n_out.size else 0,
+        num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None and n_in.size else None,
+        finish_reason=reason or None,
+        final=final,
+    )
+
+
+_HIDDEN_RE = re.compile(r"hidden size 1 does not match the model's (\d+)")
+
+
+class TritonClient:
+    """GenerationClient over `tritonclient.grpc.aio`; create it inside the serving event loop."""
+
+    def __init__(self, url: str, model: str, *, timeout_s: float = 600.0) -> None:
+        self._client = aioclient.InferenceServerClient(url)
+        self._model = model
+        self._timeout_s = timeout_s
+        self._ids = itertools.count()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready(client_timeout=5)) and bool(
+                await self._client.is_model_ready(self._model, client_timeout=5))
+        except InferenceServerException as exc:
+            logger.info("triton not ready: %s", str(exc)[:200])
+            return False
+
+    async def probe_hidden_size(self) -> int:
+        """Ask the model's own validation for its hidden size: a 1x1 tensor is refused, naming it."""
+        request = TritonRequest(sampling={"max_tokens": 1}, embeds=torch.zeros(1, 1))
+        try:
+            async for _ in self.generate(request):
+                pass
+        except APIError as exc:
+            match = _HIDDEN_RE.search(exc.message)
+            if match:
+                return int(match.group(1))
+            raise
+        raise APIError(503, "could not learn the model's hidden size from the inference server")
+
+    async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        done = asyncio.Event()
+        message = {"model_name": self._model, "inputs": triton_inputs(request),
+                   "request_id": f"frontend-{next(self._ids)}"}
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield message
+            await done.wait()  # keep our side of the stream open until the final response
+
+        call = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
+        finished = False
+        try:
+            async for result, error in call:
+                if error is not None:
+                    finished = True
+                    raise from_triton_message(str(error.message() if hasattr(error, "message") else error))
+                delta = read_delta(result)
+                yield delta
+                if delta.final:
+                    finished = True
+                    return
+            finished = True
+            raise APIError(500, "the inference server closed the stream before the final response")
+        except grpc.RpcError as exc:
+            finished = True
+            raise from_grpc_error(exc) from None
+        except InferenceServerException as exc:
+            finished = True
+            raise from_triton_message(str(exc.message())) from None
+        finally:
+            done.set()
+            if not finished:
+                # Left early (client gone, cancelled task): cancel the RPC so Triton cancels the request.
+                call.cancel()
