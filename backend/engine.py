@@ -58,6 +58,9 @@ class Observer(Protocol):
     def on_finish(self, request: GenerationRequest, outcome: str, ttft_s: float | None,
                   token_gaps_s: list[float], num_output_tokens: int) -> None: ...
 
+    def on_counts(self, counts: dict[str, int]) -> None:
+        """Current load: see EngineDriver.counts()."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -262,10 +265,13 @@ class EngineDriver:
                     continue
                 if cancelled and not active.task.done():
                     active.task.cancel()
+            if self._observer is not None:
+                self._observer.on_counts(self.counts())
 
     # -- introspection for tests and metrics --------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        """Requests in flight and queued, as this driver sees them."""
+        """Requests in flight here, those without a first token yet, and those the engine holds."""
         queued = sum(1 for a in self._active.values() if not a.started)
-        return {"active": len(self._active), "queued": queued}
+        engine = self._engine.output_processor.get_num_unfinished_requests() if self._engine else 0
+        return {"active": len(self._active), "queued": queued, "engine_unfinished": engine}

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
 
 from backend.config import ServingConfig
 from backend.embeddings import split_parts, validate_embeddings
@@ -111,7 +112,7 @@ def parse_sampling_params(raw: Any, *, prompt_tokens: int, max_model_len: int,
         )
     try:
         return SamplingParams(**params)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, VLLMValidationError) as exc:
         raise ValidationError(name, str(exc)[:200]) from None
 
 

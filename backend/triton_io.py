@@ -115,6 +115,9 @@ class TritonMetrics:
         outcomes = family("vllm:request_outcome_total", "Finished requests by outcome", counter)
         self._outcomes = {o: outcomes.Metric({**labels, "outcome": o})
                           for o in ("success", "cancelled", "invalid", "engine_dead", "error")}
+        gauge = family("vllm:num_requests", "Requests now: active (in this model), queued (no token yet), "
+                       "engine_unfinished (held by the vLLM engine)", pb_utils.MetricFamily.GAUGE)
+        self._counts = {k: gauge.Metric({**labels, "state": k}) for k in ("active", "queued", "engine_unfinished")}
         histogram = pb_utils.MetricFamily.HISTOGRAM
         self._ttft = family("vllm:time_to_first_token_seconds", "Time to first token", histogram).Metric(
             labels, buckets=TTFT_BUCKETS)
@@ -131,3 +134,7 @@ class TritonMetrics:
             self._ttft.observe(ttft_s)
         for gap in token_gaps_s:
             self._tpot.observe(gap)
+
+    def on_counts(self, counts: dict[str, int]) -> None:
+        for key, metric in self._counts.items():
+            metric.set(counts.get(key, 0))
