@@ -1,0 +1,155 @@
+"""The frontend app against a fake generation client: what reaches Triton, SSE shape, caps, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from client.frontend.app import create_app
+from client.frontend.config import FrontendConfig
+from client.frontend.errors import APIError
+from client.frontend.payloads import encode_prompt_embeds
+from client.frontend.triton_client import Delta, TritonRequest
+
+HIDDEN = 8
+
+
+class FakeClient:
+    """Answers every request with 'abc' in three deltas; 'fail' and 'late-fail' prompts raise."""
+
+    def __init__(self) -> None:
+        self.requests: list[TritonRequest] = []
+        self.ready = True
+
+    async def is_ready(self) -> bool:
+        return self.ready
+
+    async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        self.requests.append(request)
+        if request.text == "fail":
+            raise APIError(400, "text_input: bad", "prompt")
+        n_in = int(request.embeds.shape[0]) if request.embeds is not None else len(request.text or "x")
+        for i, piece in enumerate("abc"):
+            if i == 1 and request.text == "late-fail":
+                raise APIError(503, "overloaded")
+            yield Delta(text=piece, num_output_tokens=1, num_input_tokens=n_in,
+                        finish_reason="length" if i == 2 else None, final=i == 2)
+
+
+def make_client(**config: Any) -> tuple[TestClient, FakeClient]:
+    fake = FakeClient()
+    app = create_app(FrontendConfig(hidden_size=HIDDEN, **config), client_factory=lambda: fake)
+    return TestClient(app), fake
+
+
+@pytest.fixture
+def api() -> Any:
+    client, fake = make_client(max_body_bytes=16384)
+    with client:
+        yield client, fake
+
+
+def sse(response: Any) -> list[Any]:
+    return [line[6:] if line == "data: [DONE]" else json.loads(line[6:])
+            for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def test_completion_choices_and_usage(api) -> None:
+    client, fake = api
+    rows = encode_prompt_embeds(torch.randn(5, HIDDEN))
+    body = client.post("/v1/completions", json={"prompt": ["hi", "there"], "prompt_embeds": rows}).json()
+    assert [c["text"] for c in body["choices"]] == ["abc"] * 3
+    assert body["usage"] == {"prompt_tokens": 5 + 2 + 5, "completion_tokens": 9, "total_tokens": 21}
+    assert [r.embeds is not None for r in fake.requests] == [True, False, False]  # embeddings first
+    assert fake.requests[0].sampling == {"max_tokens": 16}
+
+
+def test_chat_parts_reach_triton_as_messages_and_one_tensor(api) -> None:
+    client, fake = api
+    first, second = torch.randn(2, HIDDEN), torch.randn(3, HIDDEN)
+    messages = [
+        {"role": "system", "content": [{"type": "prompt_embeds", "data": encode_prompt_embeds(first)}]},
+        {"role": "user", "content": [{"type": "text", "text": "look:"},
+                                     {"type": "prompt_embeds", "data": encode_prompt_embeds(second)}]},
+    ]
+    response = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 3})
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "abc"
+    (sent,) = fake.requests
+    assert sent.messages == [
+        {"role": "system", "content": [{"type": "prompt_embeds"}]},
+        {"role": "user", "content": [{"type": "text", "text": "look:"}, {"type": "prompt_embeds"}]},
+    ]
+    assert sent.lengths == [2, 3] and torch.equal(sent.embeds, torch.cat([first, second]))
+    assert "data" not in json.dumps(sent.messages)
+
+
+def test_chat_stream_shape(api) -> None:
+    client, _ = api
+    response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                          "stream": True, "stream_options": {"include_usage": True}})
+    events = sse(response)
+    assert events[-1] == "[DONE]"
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[1:-2]) == "abc"
+    assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == 3
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_stream_error_before_first_chunk_is_a_status(api) -> None:
+    client, _ = api
+    response = client.post("/v1/completions", json={"prompt": ["ok", "fail"], "stream": True})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prompt"
+
+
+def test_stream_error_after_first_chunk_is_in_band(api) -> None:
+    client, _ = api
+    response = client.post("/v1/completions", json={"prompt": "late-fail", "stream": True})
+    events = sse(response)
+    assert response.status_code == 200 and events[-1] == "[DONE]"
+    assert events[-2]["error"]["code"] == 503
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content_length", "chunked"])
+def test_body_over_the_cap_is_413(api, chunked: bool) -> None:
+    client, fake = api
+    body = json.dumps({"prompt": "x" * 20000}).encode()
+    content = iter([body[:9000], body[9000:]]) if chunked else body
+    response = client.post("/v1/completions", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "RequestTooLargeError"
+    assert fake.requests == []
+
+
+def test_pickle_refused_when_disabled() -> None:
+    client, fake = make_client(allow_pickle=False)
+    tensor = torch.randn(2, HIDDEN)
+    with client:
+        refused = client.post("/v1/completions", json={"prompt_embeds": encode_prompt_embeds(tensor)})
+        accepted = client.post("/v1/completions", json={"prompt_embeds": encode_prompt_embeds(tensor, "safetensors"),
+                                                        "prompt_embeds_format": "safetensors"})
+    assert refused.status_code == 400 and "disabled" in refused.json()["error"]["message"]
+    assert accepted.status_code == 200 and torch.equal(fake.requests[0].embeds, tensor)
+
+
+def test_health_metrics_and_unknown_model(api) -> None:
+    client, fake = api
+    assert client.get("/health").status_code == 200
+    fake.ready = False
+    assert client.get("/health").status_code == 503
+    assert client.post("/v1/completions", json={"model": "other", "prompt": "x"}).status_code == 404
+    metrics = client.get("/metrics").text
+    assert 'frontend_requests_total{endpoint="/health",status="503"} 1.0' in metrics
+    assert 'frontend_requests_total{endpoint="/v1/completions",status="404"} 1.0' in metrics
+
+
+def test_bad_json_and_token_ids_without_tokenizer(api) -> None:
+    client, _ = api
+    response = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["message"] == "request body is not valid JSON"
+    response = client.post("/v1/completions", json={"prompt": [1, 2, 3]})
+    assert response.status_code == 400 and "--model-path" in response.json()["error"]["message"]

@@ -1,0 +1,102 @@
+"""Frontend schemas and the error mapping, without any server."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError as PydanticError
+
+from backend.errors import EngineUnavailableError, ValidationError
+from client.frontend.errors import from_triton_message, to_api_error
+from client.frontend.schemas import ChatCompletionRequest, CompletionRequest
+
+
+def test_completion_sampling_params_carry_only_what_was_set() -> None:
+    request = CompletionRequest(prompt="Hi", temperature=0, stop="\n", top_k=5)
+    assert request.to_sampling_params() == {"temperature": 0, "stop": ["\n"], "top_k": 5, "max_tokens": 16}
+
+
+def test_chat_without_max_tokens_runs_to_the_context() -> None:
+    request = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}])
+    assert request.to_sampling_params() == {"max_tokens": None}
+    request = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                    max_completion_tokens=5)
+    assert request.to_sampling_params()["max_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "Hi", "best_of": 2},
+        {"prompt": "Hi", "n": 3},
+        {"prompt": "Hi", "stream_options": {"include_usage": True}},
+        {"prompt": "Hi", "stream": True, "stream_options": {"include_usage": True, "extra": 1}},
+        {"prompt": ""},
+        {"prompt_embeds": []},
+        {"prompt": "Hi", "prompt_embeds_format": "numpy"},
+        {"prompt": [-1, 2]},
+    ],
+    ids=["unknown_field", "n", "stream_options_without_stream", "unknown_stream_option", "empty_prompt",
+         "empty_embeds", "unknown_format", "negative_token_id"],
+)
+def test_completion_request_refusals(body: dict) -> None:
+    with pytest.raises(PydanticError):
+        CompletionRequest(**body)
+
+
+def test_completion_choices_order_embeddings_then_text() -> None:
+    request = CompletionRequest(prompt=["a", "b"], prompt_embeds=["E1", "E2"])
+    assert request.embeds_payloads() == ["E1", "E2"]
+    assert request.text_prompts() == ["a", "b"]
+    assert CompletionRequest(prompt=[1, 2, 3]).text_prompts() == [[1, 2, 3]]
+    assert CompletionRequest(prompt=[[1], [2, 3]]).text_prompts() == [[1], [2, 3]]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": []},
+        {"role": "wizard", "content": "hi"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+        {"role": "user", "content": [{"type": "prompt_embeds"}]},
+        {"role": "user", "content": [{"type": "prompt_embeds", "data": "AAAA", "shape": [1, 2]}]},
+        {"role": "user", "content": "hi", "tool_calls": []},
+    ],
+    ids=["empty_parts", "bad_role", "image", "embeds_without_data", "embeds_extra_field", "tool_calls"],
+)
+def test_chat_message_refusals(message: dict) -> None:
+    with pytest.raises(PydanticError):
+        ChatCompletionRequest(messages=[message])
+
+
+@pytest.mark.parametrize(
+    "text,status,param",
+    [
+        ("prompt_embeds: hidden size 129 does not match the model's 128", 400, "prompt_embeds"),
+        ("prompt_embeds_fp16: contains NaN or infinite values", 400, "prompt_embeds"),
+        ("text_input: prompt of 6 tokens plus max_tokens 9000 exceeds the context of 8192", 400, "prompt"),
+        ("messages: messages[0].role must be one of [...]", 400, "messages"),
+        ("sampling_parameters: temperature must be non-negative", 400, "sampling_parameters"),
+        ("overloaded: 256 requests already queued", 503, None),
+        ("the engine died; the model must be reloaded", 503, None),
+        ("Request for unknown model: 'vllm_model' is not found", 503, None),
+        ("request cancelled by the client", 499, None),
+        ("internal error: KeyError: 'x'", 500, None),
+        ("foo: not one of our inputs", 500, None),
+    ],
+)
+def test_triton_error_text_mapping(text: str, status: int, param: str | None) -> None:
+    error = from_triton_message(text)
+    assert (error.status, error.param) == (status, param)
+    assert error.body()["error"]["code"] == status
+
+
+def test_triton_error_names_the_openai_parameter() -> None:
+    error = from_triton_message("text_input: prompt of 6 tokens leaves no room")
+    assert error.message == "prompt: prompt of 6 tokens leaves no room"
+
+
+def test_typed_errors_use_the_shared_table() -> None:
+    assert to_api_error(ValidationError("prompt_embeds", "bad")).status == 400
+    assert to_api_error(EngineUnavailableError("down")).status == 503
+    internal = to_api_error(RuntimeError("x" * 10_000))
+    assert internal.status == 500 and len(internal.message) <= 300
