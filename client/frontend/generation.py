@@ -74,8 +74,7 @@ class FrontendState:
                     self.executor, lambda p=payload, n=parameter: decode_prompt_embeds(
                         p, limits, payload_format=payload_format, parameter=n)))
             except ValidationError as exc:
-                raise APIError(400, exc.message if exc.parameter == "prompt_embeds" else str(exc),
-                               exc.parameter) from None
+                raise APIError(400, str(exc), exc.parameter) from None
         return tensors
 
     def tokenizer(self) -> Any:

@@ -170,9 +170,8 @@ def decode_prompt_embeds(
     if payload_format not in FORMATS:
         raise ValidationError("prompt_embeds_format", f"must be one of {list(FORMATS)}")
     if payload_format == "torch" and not limits.allow_pickle:
-        raise ValidationError(
-            parameter, "pickled (torch.save) payloads are disabled on this server; send prompt_embeds_format 'safetensors'"
-        )
+        raise ValidationError(parameter, "pickled (torch.save) payloads are disabled on this server; "
+                                         "send prompt_embeds_format 'safetensors'")
     raw = decode_base64(data, parameter)
     if payload_format == "torch":
         obj = _load_torch(raw, parameter)

@@ -133,9 +133,11 @@ def test_zip_declaring_more_than_it_holds() -> None:
     "name,header,data,words",
     [
         ("two_tensors", {"a": {"dtype": "F32", "shape": [1, HIDDEN], "data_offsets": [0, 32]},
-                         "b": {"dtype": "F32", "shape": [1, HIDDEN], "data_offsets": [32, 64]}}, bytes(64), "exactly one"),
+                         "b": {"dtype": "F32", "shape": [1, HIDDEN], "data_offsets": [32, 64]}},
+         bytes(64), "exactly one"),
         ("int_dtype", {"a": {"dtype": "I32", "shape": [1, HIDDEN], "data_offsets": [0, 32]}}, bytes(32), "dtype"),
-        ("shape_bomb", {"a": {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 32]}}, bytes(32), "elements"),
+        ("shape_bomb", {"a": {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 32]}},
+         bytes(32), "elements"),
         ("offsets_lie", {"a": {"dtype": "F32", "shape": [4, HIDDEN], "data_offsets": [0, 128]}}, bytes(32), "offsets"),
         ("shape_not_list", {"a": {"dtype": "F32", "shape": "big", "data_offsets": [0, 32]}}, bytes(32), "shape"),
         ("nan", {"a": {"dtype": "F32", "shape": [1, HIDDEN], "data_offsets": [0, 32]}},

@@ -37,7 +37,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
     check_model(body.model, state)
     _check_unsupported(body)
     payloads = body.embeds_payloads()
-    tensors = await state.decode(payloads, body.prompt_embeds_format, ["prompt_embeds"] * len(payloads))
+    names = ["prompt_embeds"] if isinstance(body.prompt_embeds, str) else [
+        f"prompt_embeds[{i}]" for i in range(len(payloads))]
+    tensors = await state.decode(payloads, body.prompt_embeds_format, names)
     sampling = body.to_sampling_params()
     jobs = [TritonRequest(sampling, embeds=t) for t in tensors]
     echoes = [""] * len(jobs)
