@@ -24,3 +24,14 @@ test-unit: install
 
 clean:
 	rm -rf build
+
+# Headless Locust run (servers started on free ports); results/loadtest/<timestamp>/. Knobs: see docs/loadtest.md.
+LOADTEST_ARGS ?= --users 8 --spawn-rate 2 --run-time 60s --user-class TritonGrpcUser
+loadtest: install model
+	$(PY) -m loadtest.run $(LOADTEST_ARGS)
+
+# vLLM's own server vs Triton gRPC vs the frontend; results/bench/$(BENCH_NAME).{json,md}. See docs/benchmark.md.
+BENCH_NAME ?= local
+BENCH_ARGS ?=
+bench: install model
+	$(PY) -m benchmarks.bench_serving --name $(BENCH_NAME) $(BENCH_ARGS)

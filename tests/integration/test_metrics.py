@@ -1,0 +1,61 @@
+"""Triton's metrics port shows the model's custom metrics, and they count what a request did."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from client.triton_sync import generate
+
+MAX_TOKENS = 12
+FAMILIES = (
+    "vllm:prompt_tokens_total", "vllm:prompt_embeds_tokens_total", "vllm:generation_tokens_total",
+    "vllm:time_to_first_token_seconds", "vllm:time_per_output_token_seconds", "vllm:request_outcome_total",
+)
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text -> {(sample name, labels): value} for the vllm: families."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("vllm:"):
+                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    labels = {"model": "vllm_model", **labels}
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_custom_metrics_count_a_mixed_request(triton, tiny):
+    before = _samples(triton.metrics())
+    rows = tiny.embed(tiny.ids("an embedded part"))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Describe:"}, {"type": "prompt_embeds"}]}]
+    result = generate(triton.grpc_url, messages=messages, embeds=rows, lengths=[len(rows)], stream=True,
+                      sampling={"temperature": 0, "max_tokens": MAX_TOKENS, "ignore_eos": True})
+    assert result.finish_reason == "length"
+    expected = {
+        ("vllm:prompt_tokens_total", ()): result.num_input_tokens,
+        ("vllm:prompt_embeds_tokens_total", ()): len(rows),
+        ("vllm:generation_tokens_total", ()): MAX_TOKENS,
+        ("vllm:request_outcome_total", (("outcome", "success"),)): 1,
+        ("vllm:time_to_first_token_seconds_count", ()): 1,
+        ("vllm:time_per_output_token_seconds_count", ()): MAX_TOKENS - 1,
+    }
+    # The model records a request after sending its final response: allow it a moment.
+    deadline = time.monotonic() + 15
+    while True:
+        after = _samples(triton.metrics())
+        deltas = {key: _value(after, key[0], **dict(key[1])) - _value(before, key[0], **dict(key[1]))
+                  for key in expected}
+        if deltas == {k: float(v) for k, v in expected.items()} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert deltas == {k: float(v) for k, v in expected.items()}
+    families = {name for name, _ in after}
+    for family in FAMILIES:
+        assert any(name.startswith(family) for name in families), family
+    assert _value(after, "vllm:time_to_first_token_seconds_sum") > _value(before, "vllm:time_to_first_token_seconds_sum")
