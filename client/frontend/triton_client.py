@@ -1,7 +1,8 @@
 """The small interface the routers use to generate, and its implementation over Triton's asyncio gRPC stream.
 
-One HTTP choice is one Triton request on its own bidirectional stream. Responses are read as
-deltas (the model runs with `stream=true`); leaving the iterator early (client disconnect,
+One HTTP choice is one Triton request on its own bidirectional stream. A streaming HTTP request
+runs the model with `stream=true` (one response per step, as deltas); a whole one with
+`stream=false` (one response with everything). Leaving the iterator early (client disconnect,
 another choice failing) cancels the gRPC call, which Triton turns into a cancelled request that
 the model aborts in the engine.
 """
@@ -37,6 +38,7 @@ class TritonRequest:
     messages: list[dict[str, Any]] | None = None
     embeds: torch.Tensor | None = None  # all parts' rows, concatenated in order
     lengths: list[int] | None = None  # rows per part (chat); None for one whole-prompt tensor
+    stream: bool = False  # responses per step (deltas), or one response at the end
 
 
 @dataclasses.dataclass
@@ -68,15 +70,16 @@ def _embeds_array(embeds: torch.Tensor) -> np.ndarray:
 
 
 def triton_inputs(request: TritonRequest) -> list[Any]:
-    """The request as tritonclient InferInputs (always streamed, every count returned)."""
+    """The request as tritonclient InferInputs (every count returned, the input never echoed)."""
     return build_inputs(
         grpcclient,
         text=request.text,
         messages=request.messages,
         embeds=None if request.embeds is None else _embeds_array(request.embeds),
         lengths=request.lengths,
-        stream=True,
+        stream=request.stream,
         sampling=request.sampling,
+        exclude_input_in_output=True,
         return_all=True,
     )
 

@@ -292,6 +292,7 @@ def test_bad_payload_is_4xx_and_next_request_unchanged(http: httpx.Client, tiny,
                                                          {"type": "prompt_embeds", "data": payload}]}], **GREEDY}
         path = "/v1/chat/completions"
     before = http.post(path, json=good).json()
+    assert "choices" in before, before
     response = http.post(path, json=bad)
     assert 400 <= response.status_code < 500, response.text
     error = response.json()["error"]
@@ -299,6 +300,7 @@ def test_bad_payload_is_4xx_and_next_request_unchanged(http: httpx.Client, tiny,
     assert error["code"] == response.status_code and error["param"]
     assert len(error["message"]) < 300 and (not payload or payload[:32] not in error["message"])
     after = http.post(path, json=good).json()
+    assert "choices" in after, after
     key = "text" if endpoint == "completions" else "message"
     assert after["choices"][0][key] == before["choices"][0][key]
 

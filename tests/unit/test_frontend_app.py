@@ -66,6 +66,7 @@ def test_completion_choices_and_usage(api) -> None:
     assert body["usage"] == {"prompt_tokens": 5 + 2 + 5, "completion_tokens": 9, "total_tokens": 21}
     assert [r.embeds is not None for r in fake.requests] == [True, False, False]  # embeddings first
     assert fake.requests[0].sampling == {"max_tokens": 16}
+    assert not any(r.stream for r in fake.requests)  # one Triton response per choice, not one per token
 
 
 def test_chat_parts_reach_triton_as_messages_and_one_tensor(api) -> None:
@@ -88,10 +89,11 @@ def test_chat_parts_reach_triton_as_messages_and_one_tensor(api) -> None:
 
 
 def test_chat_stream_shape(api) -> None:
-    client, _ = api
+    client, fake = api
     response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
                                                           "stream": True, "stream_options": {"include_usage": True}})
     events = sse(response)
+    assert fake.requests[0].stream
     assert events[-1] == "[DONE]"
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[1:-2]) == "abc"

@@ -65,8 +65,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         raise APIError(400, "logprobs is not supported by this server", "logprobs")
     messages, payloads, where = split_messages(body)
     tensors = await state.decode(payloads, body.prompt_embeds_format, where)
-    job = TritonRequest(body.to_sampling_params(), messages=messages, embeds=concatenate(tensors),
-                        lengths=[int(t.shape[0]) for t in tensors] or None)
+    job = TritonRequest(body.to_sampling_params(), stream=bool(body.stream), messages=messages,
+                        embeds=concatenate(tensors), lengths=[int(t.shape[0]) for t in tensors] or None)
     request_id, model, created = new_id("chatcmpl"), state.config.served_name, int(time.time())
 
     if not body.stream:

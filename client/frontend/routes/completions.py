@@ -41,11 +41,11 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         f"prompt_embeds[{i}]" for i in range(len(payloads))]
     tensors = await state.decode(payloads, body.prompt_embeds_format, names)
     sampling = body.to_sampling_params()
-    jobs = [TritonRequest(sampling, embeds=t) for t in tensors]
+    jobs = [TritonRequest(sampling, stream=bool(body.stream), embeds=t) for t in tensors]
     echoes = [""] * len(jobs)
     for prompt in body.text_prompts():
         text = prompt if isinstance(prompt, str) else state.text_for_token_ids(prompt)
-        jobs.append(TritonRequest(sampling, text=text))
+        jobs.append(TritonRequest(sampling, stream=bool(body.stream), text=text))
         echoes.append(text if body.echo else "")
     request_id, model, created = new_id("cmpl"), state.config.served_name, int(time.time())
 
