@@ -68,8 +68,16 @@ class PromptBuilder:
     # -- entry points -------------------------------------------------------------------------
 
     def from_embeddings(self, embeds: torch.Tensor) -> EnginePrompt:
-        """`prompt_embeds` alone: the whole prompt, no template (vLLM's EmbedsPrompt)."""
-        return EnginePrompt(embeds=embeds.to(self.dtype), num_embedding_tokens=int(embeds.shape[0]))
+        """`prompt_embeds` alone: the whole prompt, no template.
+
+        Sent as the mixed prompt with every position an embedding row, not as a bare
+        EmbedsPrompt: without prompt token ids, vLLM's penalties read another request's prompt
+        tokens when embedding prompts of different lengths share a batch (vLLM issue 57719:
+        wrong tokens on the CPU, a device-side assert that kills the engine on GPUs).
+        """
+        rows = int(embeds.shape[0])
+        return EnginePrompt(token_ids=[self.placeholder_token_id] * rows, embeds=embeds.to(self.dtype),
+                            is_token_ids=[False] * rows, num_embedding_tokens=rows)
 
     def from_text(self, text: str, parts: Sequence[torch.Tensor]) -> EnginePrompt:
         """Raw `text_input`, already templated by the caller; one placeholder per embedding part."""

@@ -29,7 +29,8 @@ def test_text_prompt_is_tokenized_like_vllm(builder, tiny):
 def test_embeddings_alone_are_the_whole_prompt(builder):
     prompt = builder.from_embeddings(rows(5))
     assert prompt.num_tokens == 5 and prompt.num_embedding_tokens == 5
-    assert set(prompt.to_vllm()) == {"prompt_embeds"}
+    assert set(prompt.to_vllm()) == {"prompt_embeds", "prompt_token_ids", "prompt_is_token_ids"}
+    assert prompt.is_token_ids == [False] * 5
 
 
 @pytest.mark.parametrize("position", ["start", "middle", "end"])
