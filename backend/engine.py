@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -85,12 +85,20 @@ class EngineDriver:
 
     def __init__(self, engine_args: dict[str, Any], *, max_queued_requests: int,
                  max_queued_prompt_tokens: int, cancel_poll_interval_s: float,
-                 observer: Observer | None = None) -> None:
+                 shutdown_grace_s: float = 10.0, observer: Observer | None = None,
+                 shutdown_probe: Callable[[], bool] | None = None) -> None:
         self._engine_args = engine_args
         self._max_queued_requests = max_queued_requests
         self._max_queued_prompt_tokens = max_queued_prompt_tokens
         self._poll_s = cancel_poll_interval_s
         self._observer = observer
+        self._grace_s = shutdown_grace_s
+        # Triton unloads a decoupled model only once every request got its final response, so
+        # finalize() can't be where draining starts: a probe tells us the server is stopping.
+        self._shutdown_probe = shutdown_probe
+        self._draining: asyncio.Task | None = None
+        self._probed_at = 0.0
+        self._seen_running = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
         self._engine: Any = None
@@ -98,6 +106,8 @@ class EngineDriver:
         self._ids = itertools.count()
         self._accepting = False
         self._watcher: asyncio.Task | None = None
+        self._restart: asyncio.Task | None = None
+        self.restarts = 0
 
     # -- lifecycle (called from Triton's thread) ---------------------------------------------
 
@@ -108,28 +118,34 @@ class EngineDriver:
         self._accepting = True
         return info
 
-    async def _start_engine(self) -> ModelInfo:
+    def _new_engine(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._engine_args))
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**self._engine_args))
+
+    async def _start_engine(self) -> ModelInfo:
+        self._engine = self._new_engine()
         self._watcher = asyncio.create_task(self._watch_cancellations())
         config = self._engine.model_config
         return ModelInfo(hidden_size=config.get_hidden_size(), max_model_len=config.max_model_len,
                          dtype=config.dtype, tokenizer=self._engine.get_tokenizer())
 
-    def shutdown(self, grace_s: float) -> None:
-        """Stop taking requests, let in-flight ones finish up to `grace_s`, end the rest, stop."""
+    def shutdown(self) -> None:
+        """Stop taking requests, let in-flight ones finish up to the grace period, end the rest, stop."""
         self._accepting = False
         if not self._thread.is_alive():
             return
         try:
-            self._call(self._drain(grace_s), timeout=grace_s + 30)
+            self._call(self._drain(self._grace_s), timeout=self._grace_s + 150)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
 
     async def _drain(self, grace_s: float) -> None:
+        if self._draining is not None and self._draining is not asyncio.current_task():
+            await asyncio.wait([self._draining])  # already draining since the server began to stop
+            grace_s = 0
         tasks = [a.task for a in self._active.values()]
         if tasks:
             logger.info("waiting up to %.1fs for %d in-flight requests", grace_s, len(tasks))
@@ -137,11 +153,45 @@ class EngineDriver:
             for task in pending:
                 task.cancel(msg="shutdown")
             if pending:
-                await asyncio.wait(pending, timeout=10)
+                _, stuck = await asyncio.wait(pending, timeout=10)
+                logger.info("ended %d requests at the shutdown deadline (%d did not end)", len(pending), len(stuck))
+        if self._draining is asyncio.current_task():
+            return  # started by the probe: finalize() stops the engine later
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._restart is not None:
+            await asyncio.wait([self._restart], timeout=120)
         if self._engine is not None:
             self._engine.shutdown()
+
+    def _restart_if_dead(self) -> None:
+        """Replace a dead engine (its process crashed or was killed) with a fresh one, once."""
+        if self._engine is None or not self._engine.errored or self._restart is not None or not self._accepting:
+            return
+        self._restart = self._loop.create_task(self._restart_engine())
+
+    async def _restart_engine(self) -> None:
+        dead, self._engine = self._engine, None  # admission answers UNAVAILABLE meanwhile
+        logger.error("the vLLM engine died (%s); starting a new one", dead.dead_error)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, dead.shutdown)
+        except Exception:  # noqa: BLE001 - the dead engine's cleanup must not block recovery
+            logger.exception("shutting down the dead engine failed")
+        try:
+            # Off the loop: engine start blocks for seconds to minutes, and requests must
+            # meanwhile get their UNAVAILABLE answers at once.
+            engine = await loop.run_in_executor(None, self._new_engine)
+        except Exception:  # noqa: BLE001 - stay unavailable; the operator must reload the model
+            logger.exception("engine restart failed; the model stays unavailable until reloaded")
+            self._restart = None
+            return
+        if not self._accepting:  # shut down while restarting
+            engine.shutdown()
+            return
+        self._engine, self._restart = engine, None
+        self.restarts += 1
+        logger.info("the vLLM engine was restarted (%d restarts so far)", self.restarts)
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -150,7 +200,7 @@ class EngineDriver:
 
     @property
     def healthy(self) -> bool:
-        """False once the engine has died (every request would fail) or while shutting down."""
+        """False while the engine is dead or restarting, and while shutting down."""
         return self._accepting and self._engine is not None and not self._engine.errored
 
     def submit(self, request: GenerationRequest, sink: ResponseSink) -> None:
@@ -172,7 +222,7 @@ class EngineDriver:
         if not self._accepting:
             raise EngineUnavailableError("the model is shutting down")
         if self._engine is None or self._engine.errored:
-            raise EngineUnavailableError("the engine is not running; the model must be reloaded")
+            raise EngineUnavailableError("the engine is restarting; retry shortly")
         queued = [a for a in self._active.values() if not a.started]
         if len(queued) >= self._max_queued_requests:
             raise OverloadedError(f"overloaded: {len(queued)} requests already queued")
@@ -219,8 +269,8 @@ class EngineDriver:
                 sink.send_error(EngineUnavailableError("the server is shutting down"))
         except EngineDeadError:
             outcome = "engine_dead"
-            logger.error("engine died while serving %s", request_id)
-            sink.send_error(EngineUnavailableError("the engine died; the model must be reloaded"))
+            sink.send_error(EngineUnavailableError("the engine died; it is being restarted, retry shortly"))
+            self._restart_if_dead()
         except (VLLMValidationError, ValueError) as exc:
             # The engine's own input checks; ours run first, so this is a gap in them.
             outcome = "invalid"
@@ -257,7 +307,10 @@ class EngineDriver:
     async def _watch_cancellations(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
+            self._check_server_stopping()
             for active in list(self._active.values()):
+                if active.task.done():
+                    continue  # its final response is sent; the sink must not be touched again
                 try:
                     cancelled = active.sink.is_cancelled()
                 except Exception:  # noqa: BLE001 - a broken sender must not stop the watcher
@@ -265,8 +318,31 @@ class EngineDriver:
                     continue
                 if cancelled and not active.task.done():
                     active.task.cancel()
+            self._restart_if_dead()
             if self._observer is not None:
                 self._observer.on_counts(self.counts())
+
+    def _check_server_stopping(self) -> None:
+        if self._shutdown_probe is None or self._draining is not None or not self._accepting:
+            return
+        now = time.monotonic()
+        if now - self._probed_at < 0.5:
+            return
+        self._probed_at = now
+        try:
+            stopping = self._shutdown_probe()
+        except Exception:  # noqa: BLE001 - the probe is advisory; finalize() still drains
+            logger.exception("shutdown probe failed; disabling it")
+            self._shutdown_probe = None
+            return
+        # The model is not ready while it loads either: only a ready -> not-ready change counts.
+        if self._seen_running == bool(stopping):
+            logger.info("shutdown probe: %s", "stopping" if stopping else "running")
+        self._seen_running = self._seen_running or not stopping
+        if stopping and self._seen_running:
+            logger.info("the server is stopping: no new requests, draining for %.1fs", self._grace_s)
+            self._accepting = False
+            self._draining = self._loop.create_task(self._drain(self._grace_s))
 
     # -- introspection for tests and metrics --------------------------------------------------
 
@@ -274,4 +350,5 @@ class EngineDriver:
         """Requests in flight here, those without a first token yet, and those the engine holds."""
         queued = sum(1 for a in self._active.values() if not a.started)
         engine = self._engine.output_processor.get_num_unfinished_requests() if self._engine else 0
-        return {"active": len(self._active), "queued": queued, "engine_unfinished": engine}
+        return {"active": len(self._active), "queued": queued, "engine_unfinished": engine,
+                "engine_healthy": int(self.healthy), "engine_restarts": self.restarts}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from backend.config import (
     ServingConfig,
@@ -30,7 +30,7 @@ class GenerationService:
     """Validates requests on the caller's thread and schedules the good ones on the engine."""
 
     def __init__(self, model_config: Mapping[str, Any], engine_args_path: Path,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, shutdown_probe: Callable[[], bool] | None = None) -> None:
         if not model_config.get("model_transaction_policy", {}).get("decoupled"):
             raise ConfigError("config.pbtxt must set model_transaction_policy { decoupled: true }")
         self.config: ServingConfig = parse_serving_config(triton_parameters(model_config))
@@ -43,7 +43,9 @@ class GenerationService:
             max_queued_requests=self.config.max_queued_requests,
             max_queued_prompt_tokens=self.config.max_queued_prompt_tokens,
             cancel_poll_interval_s=self.config.cancel_poll_interval_s,
+            shutdown_grace_s=self.config.shutdown_grace_s,
             observer=observer,
+            shutdown_probe=shutdown_probe,
         )
         self.info: ModelInfo = self.driver.start()
         if self.info.tokenizer.chat_template is None:
@@ -67,4 +69,4 @@ class GenerationService:
         return self.driver.healthy
 
     def shutdown(self) -> None:
-        self.driver.shutdown(self.config.shutdown_grace_s)
+        self.driver.shutdown()

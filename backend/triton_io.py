@@ -65,7 +65,10 @@ class TritonSink:
         self._send(pb_utils.InferenceResponse(error=error), final=True)
 
     def is_cancelled(self) -> bool:
-        return self._sender.is_cancelled()
+        # Triton frees the response factory once the final response is sent: asking it then
+        # reads freed memory (a segfault in TRITONBACKEND_ResponseFactoryIsCancelled).
+        with self._lock:
+            return not self._done and self._sender.is_cancelled()
 
     def _send(self, response: Any, final: bool) -> None:
         with self._lock:
@@ -118,6 +121,12 @@ class TritonMetrics:
         gauge = family("vllm:num_requests", "Requests now: active (in this model), queued (no token yet), "
                        "engine_unfinished (held by the vLLM engine)", pb_utils.MetricFamily.GAUGE)
         self._counts = {k: gauge.Metric({**labels, "state": k}) for k in ("active", "queued", "engine_unfinished")}
+        self._counts["engine_healthy"] = family(
+            "vllm:engine_healthy", "1 while the engine serves, 0 while it is dead or restarting",
+            pb_utils.MetricFamily.GAUGE).Metric(labels)
+        self._counts["engine_restarts"] = family(
+            "vllm:engine_restarts", "Engine restarts after a crash, since the model loaded",
+            pb_utils.MetricFamily.GAUGE).Metric(labels)
         histogram = pb_utils.MetricFamily.HISTOGRAM
         self._ttft = family("vllm:time_to_first_token_seconds", "Time to first token", histogram).Metric(
             labels, buckets=TTFT_BUCKETS)

@@ -16,6 +16,8 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
 from backend.service import GenerationService  # noqa: E402
 from backend.triton_io import TritonMetrics, TritonSink, read_inputs  # noqa: E402
 
@@ -28,8 +30,11 @@ class TritonPythonModel:
     def initialize(self, args):
         model_config = json.loads(args["model_config"])
         engine_args_path = Path(args["model_repository"]) / args["model_version"] / "model.json"
-        observer = TritonMetrics(args["model_name"]) if _reports_metrics(model_config) else None
-        self.service = GenerationService(model_config, engine_args_path, observer=observer)
+        name = args["model_name"]
+        observer = TritonMetrics(name) if _reports_metrics(model_config) else None
+        # While Triton stops, this model turns not-ready before it is unloaded: time to drain.
+        self.service = GenerationService(model_config, engine_args_path, observer=observer,
+                                         shutdown_probe=lambda: _server_stopping(name))
 
     def execute(self, requests):
         for request in requests:
@@ -37,12 +42,18 @@ class TritonPythonModel:
             self.service.handle(inputs, TritonSink(request, inputs))
         return None
 
-    def is_model_ready(self):
-        # Polled by Triton's readiness endpoints (python backend >= 24.xx); harmless where not.
-        return self.service.healthy
-
     def finalize(self):
         self.service.shutdown()
+
+
+def _server_stopping(name):
+    """True once Triton is shutting down: the model is not ready, or the server refuses to say."""
+    try:
+        return not pb_utils.is_model_ready(name)
+    except pb_utils.TritonModelException as exc:
+        if "not ready" in str(exc):  # "Server not ready": Triton began its shutdown
+            return True
+        raise
 
 
 def _reports_metrics(model_config):
