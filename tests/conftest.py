@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
 from tests.servers import TINY_MODEL, TritonServer, make_repository
 
 
 class TinyModel:
-    """Tokenizer and input-embedding table of the tiny model: the oracle's `embed_tokens(ids)`."""
+    """Tokenizer and input-embedding table of a model directory: the oracle's `embed_tokens(ids)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path = TINY_MODEL) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
-        self.table = load_file(TINY_MODEL / "model.safetensors")["model.embed_tokens.weight"]
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.table = _embedding_table(path)
         self.hidden_size = self.table.shape[1]
 
     def ids(self, text: str, special: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def embed(self, ids: list[int]) -> np.ndarray:
+        # float32 holds bf16 and fp16 values exactly: the engine casts back to the same numbers.
         return np.ascontiguousarray(self.table[ids], dtype=np.float32)
+
+
+def _embedding_table(path: Path) -> np.ndarray:
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            if "model.embed_tokens.weight" in f.keys():
+                return f.get_tensor("model.embed_tokens.weight").float().numpy()
+    raise FileNotFoundError(f"no model.embed_tokens.weight in {path}")
 
 
 @pytest.fixture(scope="session")

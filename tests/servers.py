@@ -81,24 +81,23 @@ class Process:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        else:
-            try:  # the engine's own processes, should any survive their parent
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
                 pass
+        try:  # whatever survived, the engine's worker processes included
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
         self._log.close()
 
 
 class TritonServer(Process):
     """tritonserver with a model repository, on free ports."""
 
-    def __init__(self, repository: Path, log_path: Path) -> None:
+    def __init__(self, repository: Path, log_path: Path, extra: list[str] | None = None) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         argv, env = server_command(repository, http_port=self.http_port, grpc_port=self.grpc_port,
                                    metrics_port=self.metrics_port,
-                                   backend_dir=REPO_ROOT / "build" / "triton-backends")
+                                   backend_dir=REPO_ROOT / "build" / "triton-backends", extra=extra)
         super().__init__(argv, env, log_path)
         self.wait_until(self.model_ready, "tritonserver")
 

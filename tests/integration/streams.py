@@ -1,0 +1,70 @@
+"""A gRPC stream held open by a test: watch responses arrive, cancel it, wait for its end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import tritonclient.grpc as grpcclient
+
+from client.triton_inputs import MODEL_NAME, build_inputs
+
+
+class OpenStream:
+    """One request on its own gRPC stream; responses and the error (if any) collected in the background."""
+
+    def __init__(self, url: str, **request: Any) -> None:
+        self.responses: list[Any] = []
+        self.error: Exception | None = None
+        self.final = threading.Event()
+        self._client = grpcclient.InferenceServerClient(url)
+        self._client.start_stream(callback=self._on_response)
+        self._client.async_stream_infer(MODEL_NAME, build_inputs(grpcclient, stream=True, **request),
+                                        enable_empty_final_response=True)
+
+    def _on_response(self, result: Any, error: Exception | None) -> None:
+        if error is not None:
+            self.error = error
+            self.final.set()
+            return
+        if result.get_response().outputs:
+            self.responses.append(result)
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            self.final.set()
+
+    def wait_responses(self, n: int, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.responses) < n:
+            if self.final.is_set() or time.monotonic() > deadline:
+                raise AssertionError(f"stream ended or stalled after {len(self.responses)} responses: {self.error}")
+            time.sleep(0.02)
+
+    def cancel(self) -> None:
+        self._client.stop_stream(cancel_requests=True)
+
+    def close(self) -> None:
+        self._client.stop_stream(cancel_requests=True)
+        self._client.close()
+
+
+def gauge(metrics_text: str, name: str, **labels: str) -> float:
+    """Value of one metric line (all given labels must match)."""
+    for line in metrics_text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(f"{name} {labels} not in metrics")
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2) -> float:
+    """Poll until predicate() is true; return the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+    return time.monotonic() - start
+
+
