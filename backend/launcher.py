@@ -4,6 +4,7 @@ The wheel ships a real tritonserver binary, the Python backend and a stub per CP
 We assemble a backend directory for the running interpreter and set LD_LIBRARY_PATH so the stub
 loads this interpreter's libpython (not the system's) and the wheel's bundled libraries.
 Usage: python -m backend.launcher [--model-repository DIR] [--http-port N] ... [-- extra tritonserver args]
+With TRITONSERVER_HOME set (an unpacked server: bin/, lib/, backends/), that server is used instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def _wheel_root() -> Path:
     import pytriton
 
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def _unpacked_home() -> Path | None:
+    """TRITONSERVER_HOME: an unpacked server (bin/, lib/, backends/python/), as on the GPU machine."""
+    home = os.environ.get("TRITONSERVER_HOME")
+    return Path(home) if home else None
 
 
 def prepare_backend_dir(target: Path) -> Path:
@@ -51,9 +58,13 @@ def server_command(model_repository: Path, *, http_port: int = 8000, grpc_port: 
                    metrics_port: int = 8002, backend_dir: Path | None = None,
                    extra: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The tritonserver argv and environment for this interpreter's virtualenv."""
-    backend_dir = prepare_backend_dir(backend_dir or REPO_ROOT / "build" / "triton-backends")
-    binary = _wheel_root() / "bin" / "tritonserver"
-    libs = Path(_wheel_root()).parent.parent / "nvidia_pytriton.libs"
+    home = _unpacked_home()
+    if home is not None:
+        backend_dir, binary, libs = home / "backends", home / "bin" / "tritonserver", home / "lib"
+    else:
+        backend_dir = prepare_backend_dir(backend_dir or REPO_ROOT / "build" / "triton-backends")
+        binary = _wheel_root() / "bin" / "tritonserver"
+        libs = _wheel_root().parent.parent / "nvidia_pytriton.libs"
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in (sysconfig.get_config_var("LIBDIR"), str(libs), env.get("LD_LIBRARY_PATH")) if p
