@@ -17,10 +17,14 @@ serve: install model
 	$(PY) -m scripts.serve
 
 test: install model
-	$(PY) -m pytest tests
+	$(PY) -m pytest -m "not gpu" tests
 
 test-unit: install
 	$(PY) -m pytest tests/unit
+
+# On a GPU machine prepared by scripts/gpu/device_run.sh setup (see docs/gpu.md).
+test-gpu:
+	bash scripts/gpu/device_run.sh tests
 
 clean:
 	rm -rf build
