@@ -6,4 +6,5 @@ OUT=${1:-.gpu-bundle/p3}
 mkdir -p "$OUT"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$OUT" \
-  pytest pluggy iniconfig pytest-timeout prometheus_client httpx httpcore h11 anyio safetensors psutil packaging
+  pytest pluggy iniconfig pytest-timeout prometheus_client httpx httpcore h11 anyio safetensors psutil packaging \
+  jmespath  # vLLM 0.24 OpenAI server (the benchmark anchor) imports it

@@ -22,7 +22,7 @@ setup() {
   # Extra wheels only where the image and bundle lack the module (never replace theirs).
   for pair in pytest:pytest pluggy:pluggy iniconfig:iniconfig pytest_timeout:pytest_timeout \
               prometheus_client:prometheus_client httpx:httpx httpcore:httpcore h11:h11 anyio:anyio \
-              safetensors:safetensors psutil:psutil packaging:packaging; do
+              safetensors:safetensors psutil:psutil packaging:packaging jmespath:jmespath; do
     module=${pair%%:*}; wheel=${pair##*:}
     $PY -c "import $module" 2>/dev/null || "$SYSTEM_PYTHON" -m pip install -q --no-index --no-deps \
       --target /tmp/venv/lib/python3.12/site-packages /tmp/extra/${wheel}-*.whl
@@ -46,7 +46,7 @@ bench() {
   timeout "${BENCH_TIMEOUT:-280}" $PY -m benchmarks.bench_serving --name "$name" --out-dir "$OUT/bench" \
     --model "$model" --hidden-size "$hidden" --python "$PY" \
     --engine-args '{"load_format": "dummy", "dtype": "bfloat16", "gpu_memory_utilization": 0.4, "enforce_eager": true, "max_model_len": 8192}' \
-    --prompt-lens 128,1024,4096 --concurrency 1,64 --output-tokens 128 --repeats 1 \
+    --prompt-lens ${BENCH_LENS:-128,1024,4096} --concurrency ${BENCH_CONCURRENCY:-1,16} --output-tokens 128 --repeats 1 \
     --workdir "$OUT/bench-logs-$name" 2>&1 | tee "$OUT/bench-$name.log"
 }
 
