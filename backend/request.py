@@ -116,8 +116,31 @@ def parse_sampling_params(raw: Any, *, prompt_tokens: int, max_model_len: int,
         raise ValidationError(name, str(exc)[:200]) from None
 
 
+# Container fields: SamplingParams asserts their types (an AssertionError, not a validation error).
+_LIST_ITEM_TYPES = {"stop": str, "bad_words": str, "stop_token_ids": int}
+
+
+def _check_container(key: str, value: Any) -> Any:
+    """List fields must be lists of the right item type; logit_bias keys (JSON strings) become token ids."""
+    if value is None or (key == "stop" and isinstance(value, str)):
+        return value
+    item = _LIST_ITEM_TYPES[key] if key in _LIST_ITEM_TYPES else None
+    if item is not None:
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise ValidationError("sampling_parameters", f"{key} must be a list of {item.__name__}")
+        return value
+    if not isinstance(value, dict):
+        raise ValidationError("sampling_parameters", f"{key} must be an object of token id -> bias")
+    try:
+        return {int(k): float(v) for k, v in value.items()}
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError("sampling_parameters", f"{key} must map token ids to numbers") from None
+
+
 def _coerce_sampling_value(key: str, value: Any) -> Any:
     """vllm_backend clients send numbers as strings ({"temperature": "0.1"}); accept both."""
+    if key in _LIST_ITEM_TYPES or key == "logit_bias":
+        return _check_container(key, value)
     if not isinstance(value, str):
         return value
     default = getattr(SamplingParams(), key, None)
