@@ -59,6 +59,10 @@ def _add_options(parser: Any) -> None:
                        help="model name in OpenAI requests (default: the first of /v1/models)")
     group.add_argument("--hidden-size", type=int, env_var="LOADTEST_HIDDEN_SIZE", default=0,
                        help="embedding width when the model directory has no weights")
+    group.add_argument("--bad-share", type=float, env_var="LOADTEST_BAD_SHARE", default=0.1,
+                       help="soak users: share of bad inputs (each must be answered 4xx / INVALID_ARG)")
+    group.add_argument("--cancel-share", type=float, env_var="LOADTEST_CANCEL_SHARE", default=0.1,
+                       help="soak users: share of requests the client cancels after the first token")
     group.add_argument("--frontend-url", env_var="LOADTEST_FRONTEND_URL", default="http://localhost:9000")
     group.add_argument("--triton-url", env_var="LOADTEST_TRITON_URL", default="localhost:8001")
     group.add_argument("--vllm-url", env_var="LOADTEST_VLLM_URL", default="http://localhost:8000")
@@ -311,3 +315,178 @@ class TritonGrpcUser(StreamingUser):
         finally:
             client.stop_stream(cancel_requests=True)
             client.close()
+
+
+# -- soak users: good traffic mixed with bad inputs and client cancellations -----------------------
+
+SOAK_KINDS = ("text", "embeds", "mixed")
+
+
+class BadInputNotRejected(Exception):
+    """A bad input that was not answered with 4xx / INVALID_ARG naming the input."""
+
+
+class SoakMixin:
+    """One task: a bad input (--bad-share), a cancelled stream (--cancel-share) or a good request.
+
+    Entries: `<path> <kind>` (good, the checks of StreamingUser), `<path> bad:<case>` (fails unless
+    rejected as invalid), `<path> cancel` (fails unless a first token came before the cancel).
+    """
+
+    BAD_CASES: tuple[str, ...] = ()
+
+    def pick_kind(self) -> str:
+        return random.choice(SOAK_KINDS)
+
+    def soak_request(self) -> None:
+        draw = random.random()
+        if draw < self.options.bad_share:
+            self._timed(f"{self.path} bad:" + (case := random.choice(self.BAD_CASES)), self.bad_request, case)
+        elif draw < self.options.bad_share + self.options.cancel_share:
+            self._timed(f"{self.path} cancel", self.cancel_after_first_token)
+        else:
+            self.one_request()
+
+    def _timed(self, name: str, call: Any, *args: Any) -> None:
+        start = time.perf_counter()
+        error: Exception | None = None
+        try:
+            call(*args)
+        except StopUser:
+            raise
+        except Exception as exc:  # noqa: BLE001 - becomes a Locust failure entry
+            error = exc
+        self._fire("REQ", name, (time.perf_counter() - start) * 1000, 0, error)
+
+    def bad_embeds(self, case: str) -> Any:
+        import numpy as np
+
+        if case == "hidden":
+            return np.zeros((8, self.embeds_source.hidden_size + 1), np.float32)
+        rows = self.embeds(8)
+        rows[3, 5] = np.nan
+        return rows
+
+
+class SoakTritonUser(SoakMixin, TritonGrpcUser):
+    """Triton gRPC: text, prompt_embeds, chat with embedding parts; bad inputs; cancelled streams."""
+
+    path = "triton"
+    # case -> the input the INVALID_ARG message must start with (gRPC streams carry only the text).
+    BAD_PARAMETER = {"hidden": "prompt_embeds", "nan": "prompt_embeds", "malformed-json": "messages",
+                     "unknown-sampling": "sampling_parameters"}
+    BAD_CASES = tuple(BAD_PARAMETER)
+
+    def bad_request(self, case: str) -> None:
+        import numpy as np
+
+        from client.triton_inputs import MODEL_NAME, build_inputs
+
+        params = sampling(self.options.max_tokens)
+        if case in ("hidden", "nan"):
+            inputs = build_inputs(self.grpcclient, embeds=self.bad_embeds(case), stream=True, sampling=params)
+        elif case == "unknown-sampling":
+            inputs = build_inputs(self.grpcclient, text=self.text(), stream=True,
+                                  sampling={**params, "temprature": 0.5})
+        else:
+            inputs = build_inputs(self.grpcclient, stream=True, sampling=params)
+            tensor = self.grpcclient.InferInput("messages", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([b'[{"role": "user", "content": '], dtype=np.object_))
+            inputs.append(tensor)
+        error = self._first_event(MODEL_NAME, inputs)[1]
+        parameter = self.BAD_PARAMETER[case]
+        if error is None:
+            raise BadInputNotRejected(f"{case}: answered without an error")
+        message = error.message() if hasattr(error, "message") else str(error)
+        if not message.startswith(f"{parameter}: "):
+            raise BadInputNotRejected(f"{case}: error does not name {parameter}: {message[:200]}")
+
+    def cancel_after_first_token(self) -> None:
+        from client.triton_inputs import MODEL_NAME, build_inputs
+
+        inputs = build_inputs(self.grpcclient, text=self.text(), stream=True,
+                              sampling={**sampling(self.options.max_tokens), "max_tokens": 1000})
+        result, error = self._first_event(MODEL_NAME, inputs, need_tokens=True)
+        if error is not None:
+            raise StreamError(f"Triton error before the cancel: {str(error)[:200]}")
+
+    def _first_event(self, model: str, inputs: list[Any], need_tokens: bool = False) -> tuple[Any, Any]:
+        """Open a stream, wait for its first error or (with need_tokens) first token, then cancel it."""
+        results: queue.Queue = queue.Queue()
+        client = self.grpcclient.InferenceServerClient(self.url)
+        try:
+            client.start_stream(callback=lambda result, error: results.put((result, error)))
+            client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+            while True:
+                result, error = results.get(timeout=REQUEST_TIMEOUT_S)
+                if error is not None:
+                    return None, error
+                response = result.get_response()
+                if need_tokens and response.outputs:
+                    return result, None
+                if response.parameters["triton_final_response"].bool_param:
+                    return result, None
+        finally:
+            client.stop_stream(cancel_requests=True)
+            client.close()
+
+
+class SoakFrontendUser(SoakMixin, FrontendChatUser):
+    """Frontend: chat text, completions with prompt_embeds, chat with embedding parts; bad inputs; SSE cut early."""
+
+    path = "frontend"
+    BAD_CASES = ("hidden", "nan", "malformed-json", "unknown-sampling", "sparse")
+
+    def stream(self, kind: str) -> Iterator[tuple[int, str | None]]:
+        if kind == "embeds":
+            return self.post_stream("/v1/completions", {"prompt_embeds": encode_embeds(self.embeds())})
+        return super().stream(kind)
+
+    def bad_request(self, case: str) -> None:
+        body: Any = {"model": self.model_name, **sampling(self.options.max_tokens)}
+        if case in ("hidden", "nan"):
+            body["prompt_embeds"] = encode_embeds(self.bad_embeds(case))
+        elif case == "unknown-sampling":
+            body.update(prompt=self.text(), temprature=0.5)
+        elif case == "sparse":
+            body["prompt_embeds"] = _sparse_payload()
+        if case == "malformed-json":
+            response = self.session.post(f"{self.base_url}/v1/completions", data=b'{"model": "x", "prompt": ',
+                                         headers={"content-type": "application/json"}, timeout=60)
+        else:
+            response = self.session.post(f"{self.base_url}/v1/completions", json=body, timeout=60)
+        if not 400 <= response.status_code < 500:
+            raise BadInputNotRejected(f"{case}: HTTP {response.status_code}: {response.text[:200]}")
+
+    def cancel_after_first_token(self) -> None:
+        body = {"model": self.model_name, "stream": True, "messages": [{"role": "user", "content": self.text()}],
+                **sampling(self.options.max_tokens), "max_tokens": 1000}
+        with self.session.post(f"{self.base_url}/v1/chat/completions", json=body, stream=True,
+                               timeout=REQUEST_TIMEOUT_S) as response:
+            if response.status_code != 200:
+                raise StreamError(f"HTTP {response.status_code}: {response.text[:200]}")
+            for line in response.iter_lines():
+                if line.startswith(b"data:") and b'"choices"' in line:
+                    if b'"error"' in line:
+                        raise StreamError(f"stream error: {line[:200]!r}")
+                    return  # leaving the with-block closes the connection mid-stream
+        raise StreamError("stream ended before its first chunk")
+
+
+# Locust's metaclass adds the bases' tasks (one_request): assigned after the class, only the soak task runs.
+SoakTritonUser.tasks = [SoakMixin.soak_request]
+SoakFrontendUser.tasks = [SoakMixin.soak_request]
+
+
+def _sparse_payload() -> str:
+    """A 2 KB torch.save of a sparse COO tensor declaring 2^20 x 2^20 (must be refused, never densified)."""
+    import base64
+    import io
+
+    import torch
+
+    indices = torch.tensor([[0, 1], [0, 1]])
+    tensor = torch.sparse_coo_tensor(indices, torch.ones(2), (1 << 20, 1 << 20))
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
