@@ -9,7 +9,15 @@ import re
 import grpc
 from fastapi.responses import JSONResponse
 
-from backend.errors import ERROR_CODES, ErrorKind, ServingError, ValidationError, error_kind, public_message
+from backend.errors import (
+    ERROR_CODES,
+    ErrorKind,
+    OverloadedError,
+    ServingError,
+    ValidationError,
+    error_kind,
+    public_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +26,7 @@ ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
     413: "RequestTooLargeError",
+    429: "RateLimitError",
     499: "CancelledError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
@@ -68,6 +77,8 @@ class APIError(Exception):
 def from_serving_error(exc: ServingError, param_map: dict[str, str | None] | None = None) -> APIError:
     """Our typed errors (backend.errors) -> APIError, through backend.errors.ERROR_CODES."""
     _, status = ERROR_CODES[error_kind(exc)]
+    if isinstance(exc, OverloadedError):
+        status = 429
     param = exc.parameter if isinstance(exc, ValidationError) else None
     if param_map and param in param_map:
         param = param_map[param] or param
@@ -86,6 +97,8 @@ def from_triton_message(text: str) -> APIError:
         # Name the parameter the HTTP client sent (`prompt`, not Triton's `text_input`).
         return APIError(400, f"{param}: {text[match.end():]}" if param != name else text, param)
     lowered = text.lower()
+    if lowered.startswith("overloaded"):  # the model's admission control: retry later
+        return APIError(429, text)
     if "cancelled" in lowered:
         return APIError(499, text)
     if any(word in lowered for word in _UNAVAILABLE_WORDS):

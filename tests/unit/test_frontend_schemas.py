@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError as PydanticError
 
-from backend.errors import EngineUnavailableError, ValidationError
+from backend.errors import EngineUnavailableError, OverloadedError, ValidationError
 from client.frontend.errors import from_triton_message, to_api_error
 from client.frontend.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -76,7 +76,7 @@ def test_chat_message_refusals(message: dict) -> None:
         ("text_input: prompt of 6 tokens plus max_tokens 9000 exceeds the context of 8192", 400, "prompt"),
         ("messages: messages[0].role must be one of [...]", 400, "messages"),
         ("sampling_parameters: temperature must be non-negative", 400, "sampling_parameters"),
-        ("overloaded: 256 requests already queued", 503, None),
+        ("overloaded: 256 requests already queued", 429, None),
         ("the engine died; the model must be reloaded", 503, None),
         ("Request for unknown model: 'vllm_model' is not found", 503, None),
         ("request cancelled by the client", 499, None),
@@ -98,5 +98,6 @@ def test_triton_error_names_the_openai_parameter() -> None:
 def test_typed_errors_use_the_shared_table() -> None:
     assert to_api_error(ValidationError("prompt_embeds", "bad")).status == 400
     assert to_api_error(EngineUnavailableError("down")).status == 503
+    assert to_api_error(OverloadedError("overloaded: 3 requests already queued")).status == 429
     internal = to_api_error(RuntimeError("x" * 10_000))
     assert internal.status == 500 and len(internal.message) <= 300
