@@ -86,12 +86,17 @@ def server_command(model_repository: Path, *, http_port: int = 8000, grpc_port: 
     return argv, env
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tritonserver options shared by this launcher and scripts/serve.py (Triton's default ports)."""
     parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_arguments(parser)
     parser.add_argument("extra", nargs="*", help="further tritonserver arguments (after --)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

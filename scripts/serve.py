@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from backend.config import load_engine_args
-from backend.launcher import REPO_ROOT, server_command
+from backend.launcher import REPO_ROOT, add_server_arguments, server_command
 from client.triton_inputs import MODEL_NAME
 
 logger = logging.getLogger("serve")
@@ -82,10 +82,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     """Start both servers, print the URLs, and stop both on Ctrl-C (or when either exits)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    add_server_arguments(parser)
     parser.add_argument("--frontend-port", type=int, default=9000)
     parser.add_argument("--host", default="0.0.0.0", help="frontend bind address")
     parser.add_argument("frontend_args", nargs="*", help="further frontend arguments (after --)")
