@@ -26,7 +26,9 @@ class ServingConfig:
     max_queued_requests: int = 256  # admission control: requests waiting for their first token
     max_queued_prompt_tokens: int = 1 << 20  # admission control: prompt tokens of those requests
     cancel_poll_interval_s: float = 0.05  # how often cancelled requests are looked for
-    shutdown_grace_s: float = 10.0  # finalize() lets in-flight requests run this long
+    shutdown_grace_s: float = 10.0  # in-flight requests run this long once the server stops
+    # Triton's readiness URL, polled to notice a shutdown: "auto" (from tritonserver's options), "off", or a URL
+    server_ready_url: str = "auto"
     report_custom_metrics: bool = True
 
 
@@ -63,6 +65,9 @@ def parse_serving_config(parameters: Mapping[str, str]) -> ServingConfig:
             raise ConfigError(f"parameter {name!r} must be >= 1")
     if config.cancel_poll_interval_s <= 0 or config.shutdown_grace_s < 0:
         raise ConfigError("parameters 'cancel_poll_interval_s' > 0 and 'shutdown_grace_s' >= 0 required")
+    url = config.server_ready_url.strip()
+    if url not in ("auto", "off") and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"parameter 'server_ready_url': 'auto', 'off' or an http(s) URL, got {url!r}")
     return config
 
 

@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -85,8 +85,7 @@ class EngineDriver:
 
     def __init__(self, engine_args: dict[str, Any], *, max_queued_requests: int,
                  max_queued_prompt_tokens: int, cancel_poll_interval_s: float,
-                 shutdown_grace_s: float = 10.0, observer: Observer | None = None,
-                 shutdown_probe: Callable[[], bool] | None = None) -> None:
+                 shutdown_grace_s: float = 10.0, observer: Observer | None = None) -> None:
         self._engine_args = engine_args
         self._max_queued_requests = max_queued_requests
         self._max_queued_prompt_tokens = max_queued_prompt_tokens
@@ -94,16 +93,14 @@ class EngineDriver:
         self._observer = observer
         self._grace_s = shutdown_grace_s
         # Triton unloads a decoupled model only once every request got its final response, so
-        # finalize() can't be where draining starts: a probe tells us the server is stopping.
-        self._shutdown_probe = shutdown_probe
+        # finalize() can't be where draining starts: begin_drain() is called when the server stops.
         self._draining: asyncio.Task | None = None
-        self._probed_at = 0.0
-        self._seen_running = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
         self._engine: Any = None
         self._active: dict[str, _Active] = {}
         self._ids = itertools.count()
+        self.admitted = 0  # requests taken since the model loaded
         self._accepting = False
         self._watcher: asyncio.Task | None = None
         self._restart: asyncio.Task | None = None
@@ -142,6 +139,16 @@ class EngineDriver:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
 
+    def begin_drain(self) -> None:
+        """The server is stopping (any thread): refuse new requests, end in-flight ones after the grace."""
+        self._accepting = False
+        self._loop.call_soon_threadsafe(self._start_draining)
+
+    def _start_draining(self) -> None:
+        if self._draining is None:
+            logger.info("the server is stopping: no new requests, draining for %.1fs", self._grace_s)
+            self._draining = self._loop.create_task(self._drain(self._grace_s))
+
     async def _drain(self, grace_s: float) -> None:
         if self._draining is not None and self._draining is not asyncio.current_task():
             await asyncio.wait([self._draining])  # already draining since the server began to stop
@@ -156,7 +163,7 @@ class EngineDriver:
                 _, stuck = await asyncio.wait(pending, timeout=10)
                 logger.info("ended %d requests at the shutdown deadline (%d did not end)", len(pending), len(stuck))
         if self._draining is asyncio.current_task():
-            return  # started by the probe: finalize() stops the engine later
+            return  # started by begin_drain(): finalize() stops the engine later
         if self._watcher is not None:
             self._watcher.cancel()
         if self._restart is not None:
@@ -214,6 +221,7 @@ class EngineDriver:
             sink.send_error(exc)
             return
         request_id = f"req-{next(self._ids)}"
+        self.admitted += 1
         task = self._loop.create_task(self._generate(request_id, request, sink))
         self._active[request_id] = _Active(task, sink, request.prompt.num_tokens)
         task.add_done_callback(lambda _: self._active.pop(request_id, None))
@@ -307,7 +315,6 @@ class EngineDriver:
     async def _watch_cancellations(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
-            self._check_server_stopping()
             for active in list(self._active.values()):
                 if active.task.done():
                     continue  # its final response is sent; the sink must not be touched again
@@ -321,28 +328,6 @@ class EngineDriver:
             self._restart_if_dead()
             if self._observer is not None:
                 self._observer.on_counts(self.counts())
-
-    def _check_server_stopping(self) -> None:
-        if self._shutdown_probe is None or self._draining is not None or not self._accepting:
-            return
-        now = time.monotonic()
-        if now - self._probed_at < 0.5:
-            return
-        self._probed_at = now
-        try:
-            stopping = self._shutdown_probe()
-        except Exception:  # noqa: BLE001 - the probe is advisory; finalize() still drains
-            logger.exception("shutdown probe failed; disabling it")
-            self._shutdown_probe = None
-            return
-        # The model is not ready while it loads either: only a ready -> not-ready change counts.
-        if self._seen_running == bool(stopping):
-            logger.info("shutdown probe: %s", "stopping" if stopping else "running")
-        self._seen_running = self._seen_running or not stopping
-        if stopping and self._seen_running:
-            logger.info("the server is stopping: no new requests, draining for %.1fs", self._grace_s)
-            self._accepting = False
-            self._draining = self._loop.create_task(self._drain(self._grace_s))
 
     # -- introspection for tests and metrics --------------------------------------------------
 

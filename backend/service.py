@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from backend.config import (
     ServingConfig,
@@ -22,6 +22,7 @@ from backend.engine import EngineDriver, ModelInfo, Observer, ResponseSink
 from backend.errors import ConfigError, ValidationError
 from backend.prompt import PromptBuilder
 from backend.request import parse_request
+from backend.server_watch import ServerWatch, find_ready_url
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class GenerationService:
     """Validates requests on the caller's thread and schedules the good ones on the engine."""
 
     def __init__(self, model_config: Mapping[str, Any], engine_args_path: Path,
-                 observer: Observer | None = None, shutdown_probe: Callable[[], bool] | None = None) -> None:
+                 observer: Observer | None = None) -> None:
         if not model_config.get("model_transaction_policy", {}).get("decoupled"):
             raise ConfigError("config.pbtxt must set model_transaction_policy { decoupled: true }")
         self.config: ServingConfig = parse_serving_config(triton_parameters(model_config))
@@ -45,13 +46,13 @@ class GenerationService:
             cancel_poll_interval_s=self.config.cancel_poll_interval_s,
             shutdown_grace_s=self.config.shutdown_grace_s,
             observer=observer,
-            shutdown_probe=shutdown_probe,
         )
         self.info: ModelInfo = self.driver.start()
         if self.info.tokenizer.chat_template is None:
             logger.warning("the tokenizer has no chat template: the `messages` input will be refused")
         self.builder = PromptBuilder(self.info.tokenizer, self.config.placeholder,
                                      self.info.hidden_size, self.info.dtype)
+        self.watch = self._watch_server()
         logger.info("model ready: hidden size %d, context %d, dtype %s", self.info.hidden_size,
                     self.info.max_model_len, self.info.dtype)
 
@@ -68,5 +69,17 @@ class GenerationService:
     def healthy(self) -> bool:
         return self.driver.healthy
 
+    def _watch_server(self) -> ServerWatch | None:
+        """Drain when Triton begins to stop (see backend.server_watch for why not in finalize())."""
+        url = self.config.server_ready_url.strip()
+        if url == "auto":
+            url = find_ready_url() or "off"
+        if url == "off":
+            logger.info("no server readiness URL: in-flight requests are drained only in finalize()")
+            return None
+        return ServerWatch(url, self.driver.begin_drain, served=lambda: self.driver.admitted > 0).start()
+
     def shutdown(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         self.driver.shutdown()

@@ -1,9 +1,10 @@
 """The Triton boundary: pb_utils tensors in, plain arrays out; chunks and errors back as responses.
 
-Only this module and model.py import triton_python_backend_utils.
+Only this module imports triton_python_backend_utils.
 """
 
 from __future__ import annotations
+
 
 import logging
 import threading

@@ -5,6 +5,7 @@ import locale
 # The Python stub runs with an ASCII locale; torch and vLLM read UTF-8 files at import.
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
+import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -15,8 +16,6 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-
-import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from backend.service import GenerationService  # noqa: E402
 from backend.triton_io import TritonMetrics, TritonSink, read_inputs  # noqa: E402
@@ -31,10 +30,8 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         engine_args_path = Path(args["model_repository"]) / args["model_version"] / "model.json"
         name = args["model_name"]
-        observer = TritonMetrics(name) if _reports_metrics(model_config) else None
-        # While Triton stops, this model turns not-ready before it is unloaded: time to drain.
-        self.service = GenerationService(model_config, engine_args_path, observer=observer,
-                                         shutdown_probe=lambda: _server_stopping(name))
+        self.metrics = TritonMetrics(name) if _reports_metrics(model_config) else None
+        self.service = GenerationService(model_config, engine_args_path, observer=self.metrics)
 
     def execute(self, requests):
         for request in requests:
@@ -44,16 +41,11 @@ class TritonPythonModel:
 
     def finalize(self):
         self.service.shutdown()
-
-
-def _server_stopping(name):
-    """True once Triton is shutting down: the model is not ready, or the server refuses to say."""
-    try:
-        return not pb_utils.is_model_ready(name)
-    except pb_utils.TritonModelException as exc:
-        if "not ready" in str(exc):  # "Server not ready": Triton began its shutdown
-            return True
-        raise
+        # Free every Triton object (response senders kept by finished tasks, metric families) while
+        # the stub can: left to the interpreter's exit, their destructors touch shared memory that
+        # is gone already (the stub segfaulted there on Triton 2.51).
+        self.service = self.metrics = None
+        gc.collect()
 
 
 def _reports_metrics(model_config):
