@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 SPECIAL_TOKENS = [BOS, EOS, "<|start_header_id|>", "<|end_header_id|>", EOT, "<|pad|>"]
+# The serving default (model.json) caps the context at 8192; fault tests raise it, so that a
+# request can outlast their checks: this model writes thousands of tokens a second on a fast CPU.
+MAX_POSITIONS = 65536
 
 # Llama 3's template, shortened: string content only (as the real one), an optional system
 # message, and a generation prompt that opens an assistant turn.
@@ -48,7 +51,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=EOT,
         pad_token="<|pad|>",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=8192,
+        model_max_length=MAX_POSITIONS,
     )
 
 
@@ -62,7 +65,7 @@ def build_model(vocab_size: int, bos_id: int, eos_ids: list[int], seed: int) -> 
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=64,
-        max_position_embeddings=8192,
+        max_position_embeddings=MAX_POSITIONS,
         bos_token_id=bos_id,
         eos_token_id=eos_ids,
         tie_word_embeddings=False,

@@ -118,3 +118,20 @@ class TritonServer(Process):
 
 def python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+class FrontendServer(Process):
+    """`python -m client.frontend` on a free port, against a running tritonserver."""
+
+    def __init__(self, grpc_url: str, log_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        argv = python_module_argv("client.frontend", "--triton-url", grpc_url, "--host", "127.0.0.1",
+                                  "--port", str(self.port), *extra)
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        super().__init__(argv, env, log_path)
+        self.wait_until(lambda: httpx.get(f"{self.url}/health", timeout=5).status_code == 200, "frontend",
+                        timeout_s=120)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"

@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -23,27 +21,10 @@ import pytest
 import torch
 
 from client.frontend.payloads import encode_prompt_embeds
-from tests.servers import TINY_MODEL, Process, free_port, python_module_argv
+from tests.servers import TINY_MODEL, FrontendServer
 
 MAX_BODY_BYTES = 2 << 20
 GREEDY = {"temperature": 0.0, "max_tokens": 8}
-
-
-class FrontendServer(Process):
-    """`python -m client.frontend` on a free port, against a running tritonserver."""
-
-    def __init__(self, grpc_url: str, log_path: Path, *extra: str) -> None:
-        self.port = free_port()
-        argv = python_module_argv("client.frontend", "--triton-url", grpc_url, "--host", "127.0.0.1",
-                                  "--port", str(self.port), *extra)
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-        super().__init__(argv, env, log_path)
-        self.wait_until(lambda: httpx.get(f"{self.url}/health", timeout=5).status_code == 200, "frontend",
-                        timeout_s=120)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 def encode(rows: np.ndarray | torch.Tensor, payload_format: str = "torch") -> str:
