@@ -102,7 +102,8 @@ def main() -> None:
         _wait_ready(triton, f"http://localhost:{args.http_port}/v2/models/{MODEL_NAME}/ready", "tritonserver")
 
         frontend_argv = [sys.executable, "-m", "client.frontend", "--triton-url", f"localhost:{args.grpc_port}",
-                         "--host", args.host, "--port", str(args.frontend_port)]
+                         "--host", args.host, "--port", str(args.frontend_port),
+                         "--triton-metrics-url", f"http://localhost:{args.metrics_port}/metrics"]
         model_path = _model_path(args.model_repository)
         if model_path is not None:
             frontend_argv += ["--model-path", str(model_path)]

@@ -58,7 +58,8 @@ def create_app(config: FrontendConfig, client_factory: Callable[[], GenerationCl
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = client_factory() if client_factory else TritonClient(
-            config.triton_url, config.triton_model, timeout_s=config.request_timeout_s)
+            config.triton_url, config.triton_model, timeout_s=config.request_timeout_s,
+            metrics_url=config.metrics_url)
         app.state.frontend = FrontendState(config, client, metrics)
         logger.info("serving %s (Triton model %s at %s)", config.served_name, config.triton_model, config.triton_url)
         try:

@@ -24,6 +24,9 @@ class FrontendConfig:
     """Everything the frontend is configured with; checked once at startup."""
 
     triton_url: str = "localhost:8001"
+    # Triton's metrics endpoint, read by /health for the model's vllm:engine_healthy gauge (Triton's own
+    # model readiness stays true while the engine restarts). "auto": port 8002 on the gRPC host; "off".
+    triton_metrics_url: str = "auto"
     triton_model: str = MODEL_NAME
     model_name: str | None = None  # the name clients use; defaults to triton_model
     host: str = "0.0.0.0"
@@ -42,11 +45,21 @@ class FrontendConfig:
     def served_name(self) -> str:
         return self.model_name or self.triton_model
 
+    @property
+    def metrics_url(self) -> str | None:
+        if self.triton_metrics_url == "off":
+            return None
+        if self.triton_metrics_url == "auto":
+            return f"http://{self.triton_url.rsplit(':', 1)[0]}:8002/metrics"
+        return self.triton_metrics_url
+
     def check(self) -> "FrontendConfig":
         """Fail fast on settings that cannot work."""
         for name in ("max_body_bytes", "max_embed_rows", "max_embed_parts", "decode_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.triton_metrics_url not in ("auto", "off") and not self.triton_metrics_url.startswith("http"):
+            raise ConfigError("--triton-metrics-url: 'auto', 'off' or an http(s) URL")
         if self.hidden_size is not None and self.hidden_size < 1:
             raise ConfigError("--hidden-size must be >= 1")
         if self.model_path is not None and not (self.model_path / "config.json").is_file():
@@ -72,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> FrontendConfig:
     parser = argparse.ArgumentParser(prog="python -m client.frontend",
                                      description="OpenAI-compatible HTTP frontend for the Triton vllm_model")
     parser.add_argument("--triton-url", default="localhost:8001", help="Triton gRPC host:port")
+    parser.add_argument("--triton-metrics-url", default="auto",
+                        help="Triton's metrics URL, for the engine-health gauge in /health "
+                             "('auto': port 8002 on the --triton-url host; 'off')")
     parser.add_argument("--triton-model", default=MODEL_NAME, help="model name in Triton")
     parser.add_argument("--model-name", default=None, help="name clients use (default: the Triton model name)")
     parser.add_argument("--host", default="0.0.0.0")

@@ -17,6 +17,7 @@ import re
 from typing import Any, AsyncIterator, Protocol
 
 import grpc
+import httpx
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
@@ -108,25 +109,54 @@ def read_delta(result: Any) -> Delta:
 _HIDDEN_RE = re.compile(r"hidden size 1 does not match the model's (\d+)")
 
 
+def engine_healthy_gauge(metrics_text: str, model: str) -> bool | None:
+    """vllm:engine_healthy of `model` from Prometheus text: True/False, or None if not reported."""
+    values = []
+    for line in metrics_text.splitlines():
+        if line.startswith("vllm:engine_healthy{") and f'model="{model}"' in line:
+            values.append(float(line.rsplit(" ", 1)[1]))
+    return None if not values else all(v >= 1 for v in values)
+
+
 class TritonClient:
     """GenerationClient over `tritonclient.grpc.aio`; create it inside the serving event loop."""
 
-    def __init__(self, url: str, model: str, *, timeout_s: float = 600.0) -> None:
+    def __init__(self, url: str, model: str, *, timeout_s: float = 600.0, metrics_url: str | None = None) -> None:
         self._client = aioclient.InferenceServerClient(url)
         self._model = model
         self._timeout_s = timeout_s
         self._ids = itertools.count()
+        self._metrics_url = metrics_url
+        self._http = httpx.AsyncClient(timeout=2.0) if metrics_url else None
 
     async def close(self) -> None:
         await self._client.close()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def is_ready(self) -> bool:
         try:
-            return bool(await self._client.is_server_ready(client_timeout=5)) and bool(
+            ready = bool(await self._client.is_server_ready(client_timeout=5)) and bool(
                 await self._client.is_model_ready(self._model, client_timeout=5))
         except InferenceServerException as exc:
             logger.info("triton not ready: %s", str(exc)[:200])
             return False
+        return ready and await self._engine_healthy()
+
+    async def _engine_healthy(self) -> bool:
+        """The model's vllm:engine_healthy gauge; True when it can't be read (metrics off or elsewhere)."""
+        if self._http is None:
+            return True
+        try:
+            response = await self._http.get(self._metrics_url)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            logger.debug("no engine-health gauge from %s: %s", self._metrics_url, exc)
+            return True
+        healthy = engine_healthy_gauge(response.text, self._model)
+        if healthy is False:
+            logger.info("model %s: the engine is down or restarting", self._model)
+        return healthy is not False
 
     async def probe_hidden_size(self) -> int:
         """Ask the model's own validation for its hidden size: a 1x1 tensor is refused, naming it."""

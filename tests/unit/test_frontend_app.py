@@ -13,7 +13,7 @@ from client.frontend.app import create_app
 from client.frontend.config import FrontendConfig
 from client.frontend.errors import APIError
 from client.frontend.payloads import encode_prompt_embeds
-from client.frontend.triton_client import Delta, TritonRequest
+from client.frontend.triton_client import Delta, TritonRequest, engine_healthy_gauge
 
 HIDDEN = 8
 
@@ -155,3 +155,22 @@ def test_bad_json_and_token_ids_without_tokenizer(api) -> None:
     assert response.status_code == 400 and response.json()["error"]["message"] == "request body is not valid JSON"
     response = client.post("/v1/completions", json={"prompt": [1, 2, 3]})
     assert response.status_code == 400 and "--model-path" in response.json()["error"]["message"]
+
+
+def test_engine_health_is_read_from_the_model_gauge() -> None:
+    metrics = ('# TYPE vllm:engine_healthy gauge\n'
+               'vllm:engine_healthy{model="other"} 1\n'
+               'vllm:engine_healthy{model="vllm_model"} 0\n')
+    assert engine_healthy_gauge(metrics, "vllm_model") is False
+    assert engine_healthy_gauge(metrics.replace("} 0", "} 1"), "vllm_model") is True
+    assert engine_healthy_gauge("nv_inference_count 3\n", "vllm_model") is None  # not reported: no verdict
+
+
+@pytest.mark.parametrize("value, url", [
+    ("auto", "http://triton.local:8002/metrics"),
+    ("off", None),
+    ("http://m:9/metrics", "http://m:9/metrics"),
+])
+def test_metrics_url_defaults_to_tritons_metrics_port(value, url) -> None:
+    config = FrontendConfig(triton_url="triton.local:8001", triton_metrics_url=value).check()
+    assert config.metrics_url == url
