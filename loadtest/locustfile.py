@@ -287,10 +287,11 @@ class TritonGrpcUser(StreamingUser):
         return build_inputs(self.grpcclient, messages=[{"role": "user", "content": parts}], embeds=embeds,
                             lengths=lengths, stream=True, sampling=params)
 
-    def stream(self, kind: str) -> Iterator[tuple[int, str | None]]:
+    def events(self, inputs: list[Any]) -> Iterator[tuple[Any, Any]]:
+        """One request on its own gRPC stream: (result, error) pairs up to the final response or an
+        error. Leaving early (closing the generator) cancels the request."""
         from client.triton_inputs import MODEL_NAME
 
-        inputs = self._inputs(kind)
         results: queue.Queue = queue.Queue()
         client = self.grpcclient.InferenceServerClient(self.url)
         try:
@@ -298,23 +299,26 @@ class TritonGrpcUser(StreamingUser):
             client.async_stream_infer(MODEL_NAME, inputs, enable_empty_final_response=True)
             while True:
                 result, error = results.get(timeout=REQUEST_TIMEOUT_S)
-                if error is not None:
-                    raise StreamError(f"Triton error: {str(error)[:200]}")
-                response = result.get_response()
-                reason = None
-                tokens = 0
-                if response.outputs:
-                    n_out = result.as_numpy("num_output_tokens")
-                    tokens = int(n_out.reshape(-1)[0]) if n_out is not None else 0
-                    finish = result.as_numpy("finish_reason")
-                    if finish is not None and finish.reshape(-1)[0]:
-                        reason = finish.reshape(-1)[0].decode()
-                yield tokens, reason
-                if response.parameters["triton_final_response"].bool_param:
+                yield result, error
+                if error is not None or result.get_response().parameters["triton_final_response"].bool_param:
                     return
         finally:
             client.stop_stream(cancel_requests=True)
             client.close()
+
+    def stream(self, kind: str) -> Iterator[tuple[int, str | None]]:
+        for result, error in self.events(self._inputs(kind)):
+            if error is not None:
+                raise StreamError(f"Triton error: {str(error)[:200]}")
+            reason = None
+            tokens = 0
+            if result.get_response().outputs:
+                n_out = result.as_numpy("num_output_tokens")
+                tokens = int(n_out.reshape(-1)[0]) if n_out is not None else 0
+                finish = result.as_numpy("finish_reason")
+                if finish is not None and finish.reshape(-1)[0]:
+                    reason = finish.reshape(-1)[0].decode()
+            yield tokens, reason
 
 
 # -- soak users: good traffic mixed with bad inputs and client cancellations -----------------------
@@ -380,7 +384,7 @@ class SoakTritonUser(SoakMixin, TritonGrpcUser):
     def bad_request(self, case: str) -> None:
         import numpy as np
 
-        from client.triton_inputs import MODEL_NAME, build_inputs
+        from client.triton_inputs import build_inputs
 
         params = sampling(self.options.max_tokens)
         if case in ("hidden", "nan"):
@@ -393,7 +397,7 @@ class SoakTritonUser(SoakMixin, TritonGrpcUser):
             tensor = self.grpcclient.InferInput("messages", [1], "BYTES")
             tensor.set_data_from_numpy(np.array([b'[{"role": "user", "content": '], dtype=np.object_))
             inputs.append(tensor)
-        error = self._first_event(MODEL_NAME, inputs)[1]
+        error = self._first_event(inputs)[1]
         parameter = self.BAD_PARAMETER[case]
         if error is None:
             raise BadInputNotRejected(f"{case}: answered without an error")
@@ -402,33 +406,26 @@ class SoakTritonUser(SoakMixin, TritonGrpcUser):
             raise BadInputNotRejected(f"{case}: error does not name {parameter}: {message[:200]}")
 
     def cancel_after_first_token(self) -> None:
-        from client.triton_inputs import MODEL_NAME, build_inputs
+        from client.triton_inputs import build_inputs
 
         inputs = build_inputs(self.grpcclient, text=self.text(), stream=True,
                               sampling={**sampling(self.options.max_tokens), "max_tokens": 1000})
-        result, error = self._first_event(MODEL_NAME, inputs, need_tokens=True)
+        result, error = self._first_event(inputs, need_tokens=True)
         if error is not None:
             raise StreamError(f"Triton error before the cancel: {str(error)[:200]}")
 
-    def _first_event(self, model: str, inputs: list[Any], need_tokens: bool = False) -> tuple[Any, Any]:
+    def _first_event(self, inputs: list[Any], need_tokens: bool = False) -> tuple[Any, Any]:
         """Open a stream, wait for its first error or (with need_tokens) first token, then cancel it."""
-        results: queue.Queue = queue.Queue()
-        client = self.grpcclient.InferenceServerClient(self.url)
+        events = self.events(inputs)
         try:
-            client.start_stream(callback=lambda result, error: results.put((result, error)))
-            client.async_stream_infer(model, inputs, enable_empty_final_response=True)
-            while True:
-                result, error = results.get(timeout=REQUEST_TIMEOUT_S)
+            for result, error in events:
                 if error is not None:
                     return None, error
-                response = result.get_response()
-                if need_tokens and response.outputs:
+                if need_tokens and result.get_response().outputs:
                     return result, None
-                if response.parameters["triton_final_response"].bool_param:
-                    return result, None
+            return result, None  # the final response
         finally:
-            client.stop_stream(cancel_requests=True)
-            client.close()
+            events.close()
 
 
 class SoakFrontendUser(SoakMixin, FrontendChatUser):
