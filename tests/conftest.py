@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,18 @@ class TinyModel:
     def embed(self, ids: list[int]) -> np.ndarray:
         # float32 holds bf16 and fp16 values exactly: the engine casts back to the same numbers.
         return np.ascontiguousarray(self.table[ids], dtype=np.float32)
+
+    def embed_parts(self, messages: list[dict], layout: list[tuple[int, int]]) -> tuple[list[dict], np.ndarray, list[int]]:
+        """Chat messages with the text parts at `layout` ((message, part) pairs) replaced by
+        embedding parts; returns the new messages, their rows (embed_tokens of the text) and lengths."""
+        messages = copy.deepcopy(messages)
+        rows, lengths = [], []
+        for m, p in sorted(layout):  # parts are consumed in message/part order
+            ids = self.ids(messages[m]["content"][p]["text"])
+            rows.append(self.embed(ids))
+            lengths.append(len(ids))
+            messages[m]["content"][p] = {"type": "prompt_embeds"}
+        return messages, np.concatenate(rows), lengths
 
 
 def _embedding_table(path: Path) -> np.ndarray:

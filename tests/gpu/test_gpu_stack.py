@@ -63,14 +63,8 @@ def test_chat_parts_match_text(stack, layout):
     chat = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
             {"role": "user", "content": [{"type": "text", "text": t} for t in ("alpha", "beta", "gamma")]}]
     by_text = generate(server.grpc_url, messages=chat, sampling=GREEDY)
-    rows, lengths = [], []
-    for m, p in layout:
-        ids = model.ids(chat[m]["content"][p]["text"])
-        rows.append(model.embed(ids))
-        lengths.append(len(ids))
-        chat[m]["content"][p] = {"type": "prompt_embeds"}
-    by_embeds = generate(server.grpc_url, messages=chat, embeds=np.concatenate(rows), lengths=lengths,
-                         sampling=GREEDY)
+    messages, rows, lengths = model.embed_parts(chat, layout)
+    by_embeds = generate(server.grpc_url, messages=messages, embeds=rows, lengths=lengths, sampling=GREEDY)
     assert by_embeds.token_ids == by_text.token_ids
 
 

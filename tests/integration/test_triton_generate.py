@@ -66,15 +66,8 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 def test_chat_parts_as_embeddings_match_text(triton, tiny, layout):
     by_text = generate(triton.grpc_url, messages=CHAT, sampling=GREEDY)
-    messages = json.loads(json.dumps(CHAT))
-    rows, lengths = [], []
-    for m, p in sorted(layout):  # parts are consumed in message/part order
-        ids = tiny.ids(messages[m]["content"][p]["text"])
-        rows.append(tiny.embed(ids))
-        lengths.append(len(ids))
-        messages[m]["content"][p] = {"type": "prompt_embeds"}
-    by_embeds = generate(triton.grpc_url, messages=messages, embeds=np.concatenate(rows), lengths=lengths,
-                         sampling=GREEDY)
+    messages, rows, lengths = tiny.embed_parts(CHAT, layout)
+    by_embeds = generate(triton.grpc_url, messages=messages, embeds=rows, lengths=lengths, sampling=GREEDY)
     assert by_embeds.token_ids == by_text.token_ids
     assert by_embeds.num_input_tokens == by_text.num_input_tokens
 
