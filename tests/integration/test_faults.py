@@ -26,6 +26,7 @@ from tests.servers import FrontendServer, TritonServer, make_repository
 LONG_CONTEXT = {"max_model_len": 65536}
 LONG = {"temperature": 0, "max_tokens": 65000, "ignore_eos": True}
 GREEDY = {"temperature": 0, "max_tokens": 12}
+RUNNING_ONE = {"active": 1, "queued": 0, "engine_unfinished": 1}
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,11 @@ def test_cancelling_a_running_stream_aborts_it_in_the_engine(server):
 
 
 def test_cancelling_a_queued_request_that_has_no_token_yet(server):
-    running = OpenStream(server.grpc_url, text="first", sampling=LONG)
-    running.wait_responses(2)
+    # Not streamed: no flood of per-token responses through the stub while the checks run.
+    running = OpenStream(server.grpc_url, text="first", sampling=LONG, stream=False)
+    wait_for(lambda: counts(server) == RUNNING_ONE, 30, "the first request to run")
     queued = OpenStream(server.grpc_url, text="second", sampling=LONG)
-    wait_for(lambda: counts(server)["queued"] == 1, 10, "the second request to queue")
+    wait_for(lambda: counts(server)["queued"] == 1, 30, "the second request to queue")
     assert not queued.responses
     queued.cancel()
 
@@ -79,10 +81,10 @@ def test_cancelling_a_queued_request_that_has_no_token_yet(server):
 
 
 def test_overload_is_refused_at_once(server):
-    running = OpenStream(server.grpc_url, text="busy", sampling=LONG)
-    running.wait_responses(2)
+    running = OpenStream(server.grpc_url, text="busy", sampling=LONG, stream=False)
+    wait_for(lambda: counts(server) == RUNNING_ONE, 30, "the first request to run")
     waiting = [OpenStream(server.grpc_url, text=f"wait {i}", sampling=LONG) for i in range(2)]
-    wait_for(lambda: counts(server)["queued"] == 2, 10, "two queued requests")
+    wait_for(lambda: counts(server)["queued"] == 2, 30, "two queued requests")
     start = time.monotonic()
     with pytest.raises(InferenceServerException, match="overloaded"):
         generate(server.grpc_url, text="one too many", sampling=GREEDY)
