@@ -14,13 +14,13 @@ from client.triton_inputs import MODEL_NAME, build_inputs
 class OpenStream:
     """One request on its own gRPC stream; responses and the error (if any) collected in the background."""
 
-    def __init__(self, url: str, stream: bool = True, **request: Any) -> None:
+    def __init__(self, url: str, **request: Any) -> None:
         self.responses: list[Any] = []
         self.error: Exception | None = None
         self.final = threading.Event()
         self._client = grpcclient.InferenceServerClient(url)
         self._client.start_stream(callback=self._on_response)
-        self._client.async_stream_infer(MODEL_NAME, build_inputs(grpcclient, stream=stream, **request),
+        self._client.async_stream_infer(MODEL_NAME, build_inputs(grpcclient, stream=True, **request),
                                         enable_empty_final_response=True)
 
     def _on_response(self, result: Any, error: Exception | None) -> None:
