@@ -1,10 +1,12 @@
 """Notice that Triton is shutting down, so in-flight requests can be drained before it gives up.
 
 Triton unloads a decoupled model only after every request got its final response, so finalize()
-comes too late to drain: during shutdown Triton waits its exit timeout and then exits hard. It does
-turn not-ready first, and keeps answering `GET /v2/health/ready` on its HTTP endpoint meanwhile.
-A thread here polls that URL (found from the tritonserver command line, or configured) and reports
-the ready -> not-ready (or unreachable) change once.
+comes too late to drain: during shutdown Triton waits its exit timeout and then exits hard. What
+changes at once is its HTTP endpoint: Triton 2.51 closes it on SIGTERM (other versions answer
+`/v2/health/ready` with 400 while they stop). A thread here polls that URL (found from the
+tritonserver command line, or configured) and reports, once, that a server which was up (it
+answered ready, or this model has served requests) is now not ready or unreachable. Before that,
+"unreachable" only means the endpoints have not started yet.
 
 The stub's own `pb_utils.is_model_ready` is not used: called off the stub's main thread while
 Triton shuts down it crashed the stub in its shared-memory allocator (seen on Triton 2.51).
