@@ -7,9 +7,9 @@
 #      PA_WHEEL (a tritonclient-2.51.0 wheel), TRITON_LIBS (a dir with libb64 and libcudart 12).
 #
 # Where perf_analyzer comes from: the tritonclient 2.51.0 wheel on PyPI carries the binary
-# (tritonclient-2.51.0.data/data/bin/perf_analyzer); later tritonclient wheels are pure Python and
-# point at a `perf-analyzer` package whose only PyPI release (0.1.0) is an empty placeholder. The
-# 2.51 binary needs glibc >= 2.34 (the CPU box has 2.36: it runs there) plus libb64.so.0d and
+# (tritonclient-2.51.0.data/data/bin/perf_analyzer). 2.52.0-2.60.0 carry one built for glibc 2.38;
+# 2.61.0 and later none (they point at a `perf-analyzer` package whose only PyPI release, 0.1.0, is an
+# empty placeholder). The 2.51 binary needs glibc >= 2.34 (the CPU box has 2.36: it runs there) plus libb64.so.0d and
 # libcudart.so.12, both shipped with tritonserver's libraries (nvidia-pytriton's nvidia_pytriton.libs,
 # /tmp/tri/tritonserver/lib on the GPU machine) under hashed names: linked here under their sonames.
 set -euo pipefail
