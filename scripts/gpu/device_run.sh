@@ -8,7 +8,7 @@
 #                            ray-multinode): the GPU tests on the 1B shape with CUDA graphs on, then a bench
 #                            cell set; each layout's files land in $OUT/layouts/NAME/ as they finish
 #   device_run.sh setup-ray -> joins and installs the Ray wheel (build_extra_wheels.sh's two parts in /tmp/extra)
-#   device_run.sh perf [URL] [HIDDEN] -> perf_analyzer (streaming) against a running tritonserver
+#   device_run.sh perf    -> tritonserver on the 1B shape (gpu-1 layout), then perf_analyzer (gRPC streaming) on it
 # Logs and results go to $OUT (default results/gpu-run).
 set -uo pipefail
 OUT=${OUT:-results/gpu-run}
@@ -171,5 +171,5 @@ case "${1:-}" in
   layouts) shift; layouts "$@" ;;
   setup-ray) setup_ray 2>&1 | tee "$OUT/setup-ray.log" ;;
   perf) perf ;;
-  *) echo "usage: $0 setup|tests|bench [name model hidden]|layouts [NAME...]|setup-ray|perf [URL HIDDEN]" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|tests|bench [name model hidden]|layouts [NAME...]|setup-ray|perf" >&2; exit 2 ;;
 esac
