@@ -17,6 +17,7 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 
+from backend.placement import pin_engine  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
 from backend.triton_io import TritonMetrics, TritonSink, read_inputs  # noqa: E402
 
@@ -30,6 +31,7 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         engine_args_path = Path(args["model_repository"]) / args["model_version"] / "model.json"
         name = args["model_name"]
+        pin_engine(args, engine_args_path)  # KIND_GPU: this instance's engine sees only its own GPU
         self.metrics = TritonMetrics(name) if _reports_metrics(model_config) else None
         self.service = GenerationService(model_config, engine_args_path, observer=self.metrics)
 
