@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable
-
-from vllm import SamplingParams
-from vllm.exceptions import VLLMValidationError
+from typing import TYPE_CHECKING, Any, Callable
 
 from backend.errors import ValidationError
 from backend.prompt import check_text
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
 
 PARAMETER = "sampling_parameters"
 
@@ -83,8 +83,9 @@ FIELDS: dict[str, Field] = {
     "bad_words": Field("strings", max_items=MAX_BAD_WORDS, max_chars=MAX_BAD_WORD_CHARS),
     "logit_bias": Field("logit_bias", -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT, max_items=MAX_LOGIT_BIAS_ENTRIES),
 }
-# The default SamplingParams gives when a field is absent (vLLM's, except where noted).
-DEFAULT_MAX_TOKENS = SamplingParams().max_tokens
+# vLLM's default when max_tokens is absent (a unit test holds it to SamplingParams()). vLLM is imported
+# only to build the result, so the frontend can read this table without loading the engine's package.
+DEFAULT_MAX_TOKENS = 16
 
 
 def _fail(key: str, message: str) -> ValidationError:
@@ -250,6 +251,9 @@ def parse_sampling_params(raw: Any, *, vocab_size: int, prompt_tokens: int, max_
             prompt_input,
             f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of {max_model_len}",
         )
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
     limit = room if max_tokens is None else max_tokens
     if params.get("min_tokens", 0) > limit:
         raise _fail("min_tokens", f"must be at most max_tokens ({limit})")

@@ -8,6 +8,7 @@ import pytest
 
 from backend.errors import ValidationError
 from backend.sampling import (
+    DEFAULT_MAX_TOKENS,
     FIELDS,
     INT64_MAX,
     MAX_BAD_WORDS,
@@ -31,6 +32,7 @@ def test_the_table_covers_what_vllm_calls_these_fields() -> None:
     from vllm import SamplingParams
 
     assert set(FIELDS) <= set(SamplingParams.__struct_fields__)
+    assert SamplingParams().max_tokens == DEFAULT_MAX_TOKENS
 
 
 # Every hostile value of issue 10 (items 1, 2, 5), and the rest of each rule. The field name must
