@@ -138,6 +138,8 @@ class PromptBuilder:
             unknown = set(message) - {"role", "content", "name"}
             if unknown:
                 raise ValidationError("messages", f"{where} has unknown fields {sorted(unknown)[:5]}")
+            if message.get("name") is not None and not isinstance(message["name"], str):  # typed, though unused
+                raise ValidationError("messages", f"{where}.name must be a string")
             role = message.get("role")
             if role not in ROLES:
                 raise ValidationError("messages", f"{where}.role must be one of {sorted(ROLES)}")

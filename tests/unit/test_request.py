@@ -90,6 +90,8 @@ BAD = {
                                "sampling_parameters", "top_k"),
     "messages-400-digit-int": ({"messages": s('[{"role": "user", "content": ' + "9" * 400 + "}]")},
                                "messages", "content"),
+    "messages-name-400-digit-int": ({"messages": s('[{"role": "user", "content": "a", "name": ' + "9" * 400 + "}]")},
+                                    "messages", "name must be a string"),
     "messages-lone-surrogate": ({"messages": s('[{"role": "user", "content": "a\\ud800"}]')}, "messages",
                                 "messages[0] is not valid Unicode"),
     "messages-part-lone-surrogate": (
