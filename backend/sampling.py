@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from backend.errors import ValidationError
 from backend.prompt import check_text
@@ -52,7 +53,7 @@ _FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9
 class Field:
     """How one field is read: its kind, its range (inclusive unless low_open) and list caps."""
 
-    kind: str  # bool | int | float | strings | token_ids | logit_bias
+    kind: Literal["bool", "int", "float", "strings", "token_ids", "logit_bias"]
     low: float | None = None
     high: float | None = None
     low_open: bool = False

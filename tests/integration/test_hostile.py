@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -56,13 +56,13 @@ CASES = {
     "min_tokens-1.0": Case("min_tokens", '{"min_tokens": 1.0}'),
     "skip_special_tokens-yes": Case("skip_special_tokens", '{"skip_special_tokens": "yes"}'),
     # item 2: integers MessagePack cannot carry (the request leaked)
-    "seed-2^70": Case("seed", '{"seed": %d}' % 2**70),
-    "top_k-2^70": Case("top_k", '{"top_k": %d}' % 2**70),
+    "seed-2^70": Case("seed", f'{{"seed": {2**70}}}'),
+    "top_k-2^70": Case("top_k", f'{{"top_k": {2**70}}}'),
     # item 5
-    "seed-400-digits": Case("seed", '{"seed": %s}' % DIGITS_400),
-    "seed-5000-digits": Case("sampling_parameters", '{"seed": %s}' % DIGITS_5000, frontend_field=""),
+    "seed-400-digits": Case("seed", f'{{"seed": {DIGITS_400}}}'),
+    "seed-5000-digits": Case("sampling_parameters", f'{{"seed": {DIGITS_5000}}}', frontend_field=""),
     "messages-400-digit-int": Case("messages", text=None,
-                                   messages='[{"role": "user", "content": "hi", "name": %s}]' % DIGITS_400),
+                                   messages=f'[{{"role": "user", "content": "hi", "name": {DIGITS_400}}}]'),
     "logit_bias-nan": Case("logit_bias", '{"logit_bias": {"5": NaN}}'),
     "stop-100k-strings": Case("stop", json.dumps({"stop": ["x"] * 100_000})),
     "stop-lone-surrogate": Case("stop", '{"stop": ["\\ud800"]}'),
