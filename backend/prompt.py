@@ -21,6 +21,16 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 PART_SEPARATOR = "\n"
 
 
+def check_text(parameter: str, text: str, where: str = "") -> None:
+    """Refuse text that is not encodable as UTF-8: JSON's "\\ud800" gives a lone surrogate, which
+    the tokenizer and the engine's encoder refuse deep inside (an internal error otherwise)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        prefix = f"{where} " if where else ""
+        raise ValidationError(parameter, f"{prefix}is not valid Unicode (a lone UTF-16 surrogate)") from None
+
+
 @dataclasses.dataclass
 class EnginePrompt:
     """A prompt ready for vLLM, plus the counts the server reports."""
@@ -81,6 +91,7 @@ class PromptBuilder:
 
     def from_text(self, text: str, parts: Sequence[torch.Tensor]) -> EnginePrompt:
         """Raw `text_input`, already templated by the caller; one placeholder per embedding part."""
+        check_text("text_input", text)
         if not parts:
             if self.placeholder in text:
                 raise ValidationError("text_input", "contains the reserved placeholder but no prompt_embeds")
@@ -127,6 +138,8 @@ class PromptBuilder:
             unknown = set(message) - {"role", "content", "name"}
             if unknown:
                 raise ValidationError("messages", f"{where} has unknown fields {sorted(unknown)[:5]}")
+            if message.get("name") is not None and not isinstance(message["name"], str):  # typed, though unused
+                raise ValidationError("messages", f"{where}.name must be a string")
             role = message.get("role")
             if role not in ROLES:
                 raise ValidationError("messages", f"{where}.role must be one of {sorted(ROLES)}")
@@ -163,6 +176,7 @@ class PromptBuilder:
         raise ValidationError("messages", f"{where}.type must be 'text' or 'prompt_embeds'")
 
     def _check_text(self, text: str, where: str) -> None:
+        check_text("messages", text, where)
         if self.placeholder in text:
             raise ValidationError("messages", f"{where} contains the reserved placeholder {self.placeholder!r}")
 

@@ -13,25 +13,18 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from vllm import SamplingParams
-from vllm.exceptions import VLLMValidationError
 
 from backend.config import ServingConfig
 from backend.embeddings import split_parts, validate_embeddings
 from backend.errors import ValidationError
 from backend.prompt import EnginePrompt, PromptBuilder
+from backend.sampling import parse_sampling_params
 
 # One name per wire dtype: Triton fixes an input's datatype in config.pbtxt.
 EMBEDDING_INPUTS = ("prompt_embeds", "prompt_embeds_fp16", "prompt_embeds_bf16")
 RETURN_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
                 "return_output_token_ids")
-# The SamplingParams fields a client may set. Others either change the response shape (n,
-# logprobs) or are engine internals; naming them is an error, not silently ignored.
-SAMPLING_FIELDS = frozenset({
-    "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens", "stop",
-    "stop_token_ids", "ignore_eos", "include_stop_str_in_output", "skip_special_tokens",
-    "spaces_between_special_tokens", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "bad_words", "logit_bias",
-})
+
 
 @dataclasses.dataclass
 class GenerationRequest:
@@ -65,8 +58,11 @@ def _scalar_string(inputs: Mapping[str, Any], name: str, max_bytes: int) -> str 
     if array.size != 1:
         raise ValidationError(name, f"must be one string, got {array.size} elements")
     raw = array.reshape(-1)[0]
-    if isinstance(raw, str):
-        raw = raw.encode()
+    if isinstance(raw, str):  # only in-process callers; Triton delivers bytes
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(name, "is not valid UTF-8") from None
     if not isinstance(raw, (bytes, np.bytes_)):
         raise ValidationError(name, "must be a string")
     if len(raw) > max_bytes:
@@ -85,78 +81,8 @@ def _json_input(inputs: Mapping[str, Any], name: str, max_bytes: int) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         raise ValidationError(name, "is not valid JSON") from None
-
-
-def parse_sampling_params(raw: Any, *, prompt_tokens: int, max_model_len: int,
-                          prompt_input: str) -> SamplingParams:
-    """JSON object of SamplingParams fields -> SamplingParams; the prompt plus max_tokens must fit."""
-    name = "sampling_parameters"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValidationError(name, "must be a JSON object")
-    unknown = sorted(str(key)[:40] for key in set(raw) - SAMPLING_FIELDS)
-    if unknown:
-        raise ValidationError(name, f"unknown or unsupported fields {unknown[:5]}")
-    params = {key: _coerce_sampling_value(key, value) for key, value in raw.items()}
-    room = max_model_len - prompt_tokens
-    if room < 1:
-        raise ValidationError(
-            prompt_input, f"prompt of {prompt_tokens} tokens leaves no room in the context of {max_model_len}"
-        )
-    max_tokens = params.get("max_tokens")
-    if max_tokens is not None and isinstance(max_tokens, int) and max_tokens > room:
-        raise ValidationError(
-            prompt_input,
-            f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of {max_model_len}",
-        )
-    try:
-        return SamplingParams(**params)
-    except (TypeError, ValueError, VLLMValidationError) as exc:
-        raise ValidationError(name, str(exc)[:200]) from None
-
-
-# Container fields: SamplingParams asserts their types (an AssertionError, not a validation error).
-_LIST_ITEM_TYPES = {"stop": str, "bad_words": str, "stop_token_ids": int}
-
-
-def _check_container(key: str, value: Any) -> Any:
-    """List fields must be lists of the right item type; logit_bias keys (JSON strings) become token ids."""
-    if value is None or (key == "stop" and isinstance(value, str)):
-        return value
-    item = _LIST_ITEM_TYPES[key] if key in _LIST_ITEM_TYPES else None
-    if item is not None:
-        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-            raise ValidationError("sampling_parameters", f"{key} must be a list of {item.__name__}")
-        return value
-    if not isinstance(value, dict):
-        raise ValidationError("sampling_parameters", f"{key} must be an object of token id -> bias")
-    try:
-        return {int(k): float(v) for k, v in value.items()}
-    except (TypeError, ValueError, OverflowError):
-        raise ValidationError("sampling_parameters", f"{key} must map token ids to numbers") from None
-
-
-def _coerce_sampling_value(key: str, value: Any) -> Any:
-    """vllm_backend clients send numbers as strings ({"temperature": "0.1"}); accept both."""
-    if key in _LIST_ITEM_TYPES or key == "logit_bias":
-        return _check_container(key, value)
-    if not isinstance(value, str):
-        return value
-    default = getattr(SamplingParams(), key, None)
-    try:
-        if isinstance(default, bool):
-            if value.lower() in ("true", "false"):
-                return value.lower() == "true"
-        elif isinstance(default, int):
-            return int(value)
-        elif isinstance(default, float):
-            return float(value)
-        elif key in ("max_tokens", "seed", "min_tokens"):
-            return int(value)
-    except ValueError:
-        raise ValidationError("sampling_parameters", f"{key}: cannot read {value[:40]!r} as a number") from None
-    return value
+    except ValueError:  # an integer over Python's int conversion limit (4300 digits)
+        raise ValidationError(name, "holds a number too long to read") from None
 
 
 def _embeddings(inputs: Mapping[str, Any], config: ServingConfig, hidden_size: int,
@@ -190,8 +116,13 @@ def parse_request(
     builder: PromptBuilder,
     config: ServingConfig,
     max_model_len: int,
+    vocab_size: int | None = None,
 ) -> GenerationRequest:
-    """Validate every input and build the engine prompt; raises ValidationError on bad input."""
+    """Validate every input and build the engine prompt; raises ValidationError on bad input.
+
+    `vocab_size` bounds token ids and top_k; by default the tokenizer's size (ids past it are
+    never real tokens, and vLLM refuses ids past the model's own vocabulary).
+    """
     text = _scalar_string(inputs, "text_input", config.max_request_json_bytes)
     messages = _json_input(inputs, "messages", config.max_request_json_bytes)
     if text is not None and messages is not None:
@@ -219,6 +150,7 @@ def parse_request(
         raise ValidationError("exclude_input_in_output", "must be true when streaming")
     sampling = parse_sampling_params(
         _json_input(inputs, "sampling_parameters", config.max_request_json_bytes),
+        vocab_size=len(builder.tokenizer) if vocab_size is None else vocab_size,
         prompt_tokens=prompt.num_tokens, max_model_len=max_model_len, prompt_input=prompt_input,
     )
     flags = {name: _scalar_bool(inputs, name, False) for name in RETURN_FLAGS}

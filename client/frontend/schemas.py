@@ -11,12 +11,46 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from backend.errors import ValidationError
+from backend.prompt import check_text
+from backend.sampling import INT64_MAX, read_field
 from client.frontend.payloads import FORMATS
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 TokenIds = list[Annotated[int, Field(ge=0)]]
+# The frontend does not know the vocabulary: top_k and token ids are bounded by int64 here, and by
+# the vocabulary in the model (a 400 from its INVALID_ARG).
+_NO_VOCAB = INT64_MAX
+
+
+def _sampling_value(name: str) -> BeforeValidator:
+    """The model's own reader for one sampling field (backend.sampling), as a pydantic validator.
+
+    One set of rules on both sides: exact types (no bool for a number, no 5.0 for an int, no "1"
+    for a bool), ranges, caps, NaN refused; a refusal is a 400 naming the field.
+    """
+
+    def read(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return read_field(name, value, _NO_VOCAB)
+        except ValidationError as exc:
+            raise ValueError(exc.message.removeprefix(f"{name} ")) from None
+
+    return BeforeValidator(read)
+
+
+def _unicode_text(value: str) -> str:
+    """JSON's "\\ud800" parses to a lone surrogate, which cannot be sent on (a 500 otherwise)."""
+    try:
+        check_text("text", value)
+    except ValidationError as exc:
+        raise ValueError(exc.message) from None
+    return value
+
 
 # Request fields that map one to one onto the model's SamplingParams fields.
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "min_tokens", "stop_token_ids",
@@ -42,24 +76,24 @@ class SamplingFields(StrictModel):
     n: int = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    stop: Annotated[list[str] | None, _sampling_value("stop")] = None
+    seed: Annotated[int | None, _sampling_value("seed")] = None
+    temperature: Annotated[float | None, _sampling_value("temperature")] = None
+    top_p: Annotated[float | None, _sampling_value("top_p")] = None
+    top_k: Annotated[int | None, _sampling_value("top_k")] = None
+    min_p: Annotated[float | None, _sampling_value("min_p")] = None
+    presence_penalty: Annotated[float | None, _sampling_value("presence_penalty")] = None
+    frequency_penalty: Annotated[float | None, _sampling_value("frequency_penalty")] = None
+    repetition_penalty: Annotated[float | None, _sampling_value("repetition_penalty")] = None
+    logit_bias: Annotated[dict[int, float] | None, _sampling_value("logit_bias")] = None
     user: str | None = None
-    min_tokens: int | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool | None = None
-    include_stop_str_in_output: bool | None = None
-    skip_special_tokens: bool | None = None
-    spaces_between_special_tokens: bool | None = None
-    bad_words: list[str] | None = None
+    min_tokens: Annotated[int | None, _sampling_value("min_tokens")] = None
+    stop_token_ids: Annotated[list[int] | None, _sampling_value("stop_token_ids")] = None
+    ignore_eos: Annotated[bool | None, _sampling_value("ignore_eos")] = None
+    include_stop_str_in_output: Annotated[bool | None, _sampling_value("include_stop_str_in_output")] = None
+    skip_special_tokens: Annotated[bool | None, _sampling_value("skip_special_tokens")] = None
+    spaces_between_special_tokens: Annotated[bool | None, _sampling_value("spaces_between_special_tokens")] = None
+    bad_words: Annotated[list[str] | None, _sampling_value("bad_words")] = None
     # Wire format of every prompt_embeds payload in this request (see docs/frontend.md).
     prompt_embeds_format: Literal[FORMATS] = "torch"  # type: ignore[valid-type]
 
@@ -84,7 +118,7 @@ class SamplingFields(StrictModel):
         params: dict[str, Any] = {name: getattr(self, name) for name in _SAMPLING_FIELDS
                                   if getattr(self, name) is not None}
         if self.stop is not None:
-            params["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+            params["stop"] = list(self.stop)
         if max_tokens is not None or send_null_max_tokens:
             params["max_tokens"] = max_tokens
         return params
@@ -95,7 +129,7 @@ class CompletionRequest(SamplingFields):
 
     prompt: str | list[str] | TokenIds | list[TokenIds] | None = None
     prompt_embeds: str | list[str] | None = None
-    max_tokens: int | None = 16
+    max_tokens: Annotated[int | None, _sampling_value("max_tokens")] = 16
     echo: bool | None = False
     logprobs: int | None = None
     prompt_logprobs: int | None = None
@@ -108,6 +142,15 @@ class CompletionRequest(SamplingFields):
         if prompt_empty and embeds_empty:
             raise ValueError("either prompt or prompt_embeds must be provided and non-empty")
         return self
+
+    @field_validator("prompt")
+    @classmethod
+    def _unicode_prompts(cls, value: Any) -> Any:
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for text in texts:
+            if isinstance(text, str):
+                _unicode_text(text)
+        return value
 
     def to_sampling_params(self) -> dict[str, Any]:
         """The model's `sampling_parameters` JSON; max_tokens defaults to 16 as in OpenAI and vLLM."""
@@ -154,6 +197,14 @@ class ChatMessage(StrictModel):
     def _non_empty_parts(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("content must be a string or a non-empty list of parts")
+        if isinstance(value, str):
+            return _unicode_text(value)
+        for i, part in enumerate(value):
+            if isinstance(part, TextPart):
+                try:
+                    _unicode_text(part.text)
+                except ValueError as exc:
+                    raise ValueError(f"part {i}: {exc}") from None
         return value
 
 
@@ -161,8 +212,8 @@ class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions: messages whose parts may carry prompt_embeds, in any order and role."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Annotated[int | None, _sampling_value("max_tokens")] = None
+    max_completion_tokens: Annotated[int | None, _sampling_value("max_tokens")] = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
 

@@ -299,7 +299,7 @@ def test_oversized_body_is_413(http: httpx.Client) -> None:
         ({"prompt": "Hi", "max_tokens": 4, "logprobs": 2}, "logprobs"),
         ({"prompt": "Hi", "max_tokens": 4, "best_of": 2}, "best_of"),
         ({"prompt": "Hi", "max_tokens": 100000}, "prompt"),
-        ({"prompt": "Hi", "max_tokens": 4, "temperature": -1}, "sampling_parameters"),
+        ({"prompt": "Hi", "max_tokens": 4, "temperature": -1}, "temperature"),
         ({"prompt": "Hi", "max_tokens": 4, "n": 2}, "n"),
         ({"max_tokens": 4}, None),
     ],

@@ -101,3 +101,58 @@ def test_typed_errors_use_the_shared_table() -> None:
     assert to_api_error(OverloadedError("overloaded: 3 requests already queued")).status == 429
     internal = to_api_error(RuntimeError("x" * 10_000))
     assert internal.status == 500 and len(internal.message) <= 300
+
+
+# -- sampling values: the model's own rules (backend.sampling), a 400 naming the field --------------
+
+HOSTILE = {
+    "max_tokens-float": ({"max_tokens": 5.0}, "max_tokens", "not a float"),
+    "ignore_eos-string-1": ({"ignore_eos": "1"}, "ignore_eos", "true or false"),
+    "temperature-bool": ({"temperature": True}, "temperature", "not a boolean"),
+    "seed-float": ({"seed": 1.5}, "seed", "integer"),
+    "top_k-bool": ({"top_k": True}, "top_k", "not a boolean"),
+    "min_tokens-float": ({"min_tokens": 1.0}, "min_tokens", "integer"),
+    "skip_special_tokens-yes": ({"skip_special_tokens": "yes"}, "skip_special_tokens", "true or false"),
+    "seed-2^70": ({"seed": 2**70}, "seed", "2^63-1"),
+    "top_k-2^70": ({"top_k": 2**70}, "top_k", "2^63-1"),
+    "seed-400-digits": ({"seed": 10**400}, "seed", "2^63-1"),
+    "logit_bias-nan": ({"logit_bias": {"5": float("nan")}}, "logit_bias", "finite"),
+    "temperature-inf": ({"temperature": float("inf")}, "temperature", "finite"),
+    "stop-100k": ({"stop": ["x"] * 100_000}, "stop", "over the limit of 64"),
+    "stop-lone-surrogate": ({"stop": ["\ud800"]}, "stop", "surrogate"),
+    "prompt-lone-surrogate": ({"prompt": "a\ud800"}, "prompt", "surrogate"),
+    "prompt-list-lone-surrogate": ({"prompt": ["a", "\udc00"]}, "prompt", "surrogate"),
+}
+
+
+@pytest.mark.parametrize("fields,param,fragment", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_sampling_values_are_400s_naming_the_field(fields: dict, param: str, fragment: str) -> None:
+    from fastapi.exceptions import RequestValidationError
+
+    from client.frontend.app import validation_error
+
+    body = {"prompt": "Hi", **fields}
+    with pytest.raises(PydanticError) as info:
+        CompletionRequest(**body)
+    error = validation_error(RequestValidationError(info.value.errors()))
+    assert (error.status, error.param) == (400, param)
+    assert fragment in error.message and error.message.startswith(f"{param}: ")
+    assert len(error.message) < 200
+
+
+def test_chat_text_with_a_lone_surrogate_is_refused() -> None:
+    for content in ("\ud800", [{"type": "text", "text": "ok"}, {"type": "text", "text": "b\udfff"}]):
+        with pytest.raises(PydanticError, match="surrogate"):
+            ChatCompletionRequest(messages=[{"role": "user", "content": content}])
+    with pytest.raises(PydanticError, match="max_completion_tokens"):
+        ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], max_completion_tokens=2.0)
+
+
+def test_sampling_values_are_sent_typed() -> None:
+    """What the schema passes on is what the model's parser reads back unchanged (or clamped)."""
+    request = CompletionRequest(prompt="Hi", temperature=0, top_k=1000, seed=-(2**63), stop="\n",
+                                logit_bias={"5": 300, "6": -0.5}, ignore_eos=False)
+    assert request.to_sampling_params() == {
+        "temperature": 0.0, "top_k": 1000, "seed": -(2**63), "ignore_eos": False,
+        "logit_bias": {5: 100.0, 6: -0.5}, "stop": ["\n"], "max_tokens": 16}
+    # The vocabulary is the model's to check: top_k 1000 passes here and is refused there.

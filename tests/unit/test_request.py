@@ -85,6 +85,22 @@ BAD = {
     "parts-without-text": ({"prompt_embeds": E, "prompt_embeds_lengths": np.array([1, 2], np.int32)}, "prompt_embeds_lengths", "several parts"),
     "stream-with-echo": ({"text_input": s("a"), "stream": b(True), "exclude_input_in_output": b(False)}, "exclude_input_in_output", "streaming"),
     "stream-not-bool": ({"text_input": s("a"), "stream": np.array([1], np.int32)}, "stream", "BOOL"),
+    # Issue 10 item 5: these were internal errors.
+    "sampling-400-digit-int": ({"text_input": s("a"), "sampling_parameters": s('{"top_k": ' + "9" * 400 + "}")},
+                               "sampling_parameters", "top_k"),
+    "messages-400-digit-int": ({"messages": s('[{"role": "user", "content": ' + "9" * 400 + "}]")},
+                               "messages", "content"),
+    "messages-name-400-digit-int": ({"messages": s('[{"role": "user", "content": "a", "name": ' + "9" * 400 + "}]")},
+                                    "messages", "name must be a string"),
+    "messages-lone-surrogate": ({"messages": s('[{"role": "user", "content": "a\\ud800"}]')}, "messages",
+                                "messages[0] is not valid Unicode"),
+    "messages-part-lone-surrogate": (
+        {"messages": s('[{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]')}, "messages",
+        "messages[0].content[0] is not valid Unicode"),
+    "text-lone-surrogate-str": ({"text_input": np.array(["\ud800"], dtype=np.object_)}, "text_input", "UTF-8"),
+    "text-surrogate-bytes": ({"text_input": np.array([b"\xed\xa0\x80"], dtype=np.object_)}, "text_input", "UTF-8"),
+    "stop-lone-surrogate": ({"text_input": s("a"), "sampling_parameters": s('{"stop": ["\\ud800"]}')},
+                            "sampling_parameters", "stop[0] is not valid Unicode"),
 }
 
 
@@ -96,3 +112,17 @@ def test_bad_input_names_the_parameter(builder, case):
     assert info.value.parameter == parameter
     assert fragment in info.value.message
     assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("name,text", [
+    ("sampling_parameters", '{"seed": ' + "9" * 5000 + "}"),
+    ("messages", '[{"role": "user", "content": "a", "name": ' + "9" * 5000 + "}]"),
+], ids=["sampling_parameters", "messages"])
+def test_integers_past_pythons_digit_limit_are_invalid_arguments(builder, name, text):
+    """json.loads raises a plain ValueError past 4300 digits (it was an internal error)."""
+    inputs = {"text_input": s("a"), name: s(text)}
+    if name == "messages":
+        del inputs["text_input"]
+    with pytest.raises(ValidationError) as info:
+        parse_request(inputs, builder, ServingConfig(max_request_json_bytes=16384), MAX_LEN)
+    assert info.value.parameter == name and "too long" in info.value.message

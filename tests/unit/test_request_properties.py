@@ -1,9 +1,16 @@
-"""Property test of parse_request: any input either parses or raises a short ValidationError; nothing else escapes."""
+"""Property tests of parse_request: any input either raises a short ValidationError, or gives a request
+that vLLM's engine accepts as its engine-core process would (params checked, msgpack round trip).
+
+The second half is what keeps the engine-wedging class away: `{"max_tokens": 5.0}` used to pass
+parsing and `SamplingParams`, and then killed the engine core's input thread, whose msgspec decoder
+wants an int; `{"seed": 2**70}` failed to encode after vLLM had registered the request.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -16,12 +23,20 @@ from hypothesis.extra import numpy as hnp
 from backend.config import ServingConfig
 from backend.errors import ValidationError
 from backend.prompt import PromptBuilder
-from backend.request import GenerationRequest, SAMPLING_FIELDS, parse_request
+from backend.request import GenerationRequest, parse_request
+from tests.servers import TINY_MODEL
 
 PH = "<|prompt_embeds|>"
 CONFIG = ServingConfig(max_embedding_parts=4, max_request_json_bytes=4096)
 MAX_LEN = 64
 HIDDEN = 128
+EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))
+# Written out here rather than imported, so the test is an independent statement of the interface.
+BOOL_FIELDS = ["ignore_eos", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens"]
+INT_FIELDS = ["top_k", "seed", "max_tokens", "min_tokens"]
+FLOAT_FIELDS = ["temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"]
+LIST_FIELDS = ["stop", "stop_token_ids", "bad_words", "logit_bias"]
+SAMPLING_FIELDS = BOOL_FIELDS + INT_FIELDS + FLOAT_FIELDS + LIST_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +44,111 @@ def builder(tiny) -> PromptBuilder:
     return PromptBuilder(tiny.tokenizer, PH, tiny.hidden_size, torch.float32)
 
 
+class Engine:
+    """What vLLM's InputProcessor and engine-core process do with a request's SamplingParams."""
+
+    def __init__(self) -> None:
+        from vllm.config import ModelConfig
+        from vllm.tokenizers import get_tokenizer
+        from vllm.v1.engine import EngineCoreRequest
+        from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+        self.model_config = ModelConfig(model=str(TINY_MODEL))
+        self.tokenizer = get_tokenizer(str(TINY_MODEL))  # the engine's tokenizer wrapper
+        self.request_type = EngineCoreRequest
+        self.encoder, self.decoder = MsgpackEncoder(), MsgpackDecoder(EngineCoreRequest)
+
+    def accept(self, request: GenerationRequest) -> None:
+        """Raises whatever the engine would raise for this request."""
+        params = request.sampling.clone()
+        # InputProcessor._validate_params / process_inputs, in order.
+        params.verify(self.model_config, None, None, self.tokenizer)
+        if params.max_tokens is None:
+            params.max_tokens = MAX_LEN - request.prompt.num_tokens
+            assert params.min_tokens <= params.max_tokens, "vLLM refuses min_tokens over the room left"
+        params.update_from_generation_config(self.model_config.try_get_generation_config(),
+                                             self.tokenizer.eos_token_id)
+        params.update_from_tokenizer(self.tokenizer)
+        # NaN or inf biases pass vLLM's checks but poison the logits; its OpenAI server clamps to ±100.
+        assert all(-100 <= bias <= 100 for bias in (params.logit_bias or {}).values()), "logit_bias"
+        prompt = request.prompt.to_vllm()
+        core_request = self.request_type(
+            request_id="r", prompt_token_ids=prompt.get("prompt_token_ids"), mm_features=None,
+            sampling_params=params, pooling_params=None, arrival_time=time.time(), lora_request=None,
+            cache_salt=None, data_parallel_rank=None, prompt_embeds=prompt.get("prompt_embeds"),
+            prompt_is_token_ids=prompt.get("prompt_is_token_ids"))
+        # The client encodes (OverflowError past 64-bit ints, UnicodeEncodeError on surrogates);
+        # the engine core's input thread decodes with exact types (msgspec ValidationError).
+        decoded = self.decoder.decode(self.encoder.encode(core_request)).sampling_params
+        for name in SAMPLING_FIELDS:
+            assert getattr(decoded, name) == getattr(params, name), name
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine()
+
+
 def _string_array(value: Any) -> np.ndarray:
     return np.array([value], dtype=np.object_)
 
 
-# JSON-ish values: scalars (incl. huge ints, NaN/inf floats) nested in lists and string-keyed dicts.
-_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-_keys = st.sampled_from(sorted(SAMPLING_FIELDS) + ["role", "content", "type", "text", "name", "n"]) | st.text(max_size=8)
+def _as_json(value: Any) -> str:
+    return json.dumps(value, allow_nan=True)
+
+
+def _sampling_input(sampling: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {"text_input": _string_array(b"hello"), "sampling_parameters": _string_array(_as_json(sampling).encode())}
+
+
+# -- strategies -----------------------------------------------------------------------------------
+
+# Lone UTF-16 surrogates (hypothesis' text() leaves them out), and JSON-ish junk with huge ints and NaN/inf.
+_surrogates = st.sampled_from(["\ud800", "a\udfffb", "\udc00\ud800"])
+_texts = st.text(max_size=12) | _surrogates
+_huge_ints = st.sampled_from([2**63, 2**64, 2**70, -(2**63) - 1, 10**400, -(10**400)])
+_scalars = st.none() | st.booleans() | st.integers() | _huge_ints | st.floats() | _texts
+_keys = st.sampled_from(SAMPLING_FIELDS + ["role", "content", "type", "text", "name", "n"]) | st.text(max_size=8)
 json_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(_keys, inner, max_size=4), max_leaves=12)
 
+_number_strings = st.one_of(
+    st.integers(-5, 300).map(str), st.floats(-3, 3).map(str), st.floats().map(repr),
+    st.sampled_from(["5.0", "1e3", "0x10", " 5", "1_0", "٣", "nan", "inf", "-inf", "true", "1", "yes", "9" * 40, ""]),
+)
+_ints = st.integers(-3, 300) | st.integers(-(2**64), 2**64) | _huge_ints | st.integers(0, 20).map(float)
+_floats = st.floats(-3, 3) | st.floats() | st.integers(-3, 3) | _huge_ints
+_token_ids = (st.integers(-2, 300) | _huge_ints | st.booleans() | st.integers(0, 5).map(float)
+              | st.integers(0, 300).map(str))
+
+
+def _values(name: str) -> st.SearchStrategy:
+    """Right and wrong values for one field: the right type in and out of range, and every wrong type."""
+    if name in BOOL_FIELDS:
+        right = st.booleans() | st.sampled_from(["true", "false", "TRUE"])
+    elif name in INT_FIELDS:
+        right = _ints | _number_strings
+    elif name in FLOAT_FIELDS:
+        right = _floats | _number_strings
+    elif name in ("stop", "bad_words"):
+        right = _texts | st.lists(_texts | st.integers(), max_size=5) | st.just(["x"] * 70) | st.just(["y" * 2000])
+    elif name == "stop_token_ids":
+        right = st.lists(_token_ids, max_size=5) | st.just(list(range(2000)))
+    else:
+        right = st.dictionaries(_token_ids.map(str) | st.text(max_size=3),
+                                st.floats() | st.integers(-300, 300) | _huge_ints | _number_strings | json_values,
+                                max_size=4)
+    return right | st.none() | st.booleans() | json_values
+
+
+SAMPLING = st.fixed_dictionaries({}, optional={name: _values(name) for name in SAMPLING_FIELDS})
+
 # Message-shaped structures, so parsing gets past the top-level shape checks often.
-_parts = st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)}) \
+_parts = st.fixed_dictionaries({"type": st.just("text"), "text": _texts}) \
     | st.just({"type": "prompt_embeds"}) | json_values
 _messages = st.lists(st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "system", "assistant", "tool", "bad"]),
-     "content": st.text(max_size=20) | st.just(PH) | st.lists(_parts, max_size=4)}) | json_values, max_size=3)
-
-# Sampling parameters: known fields with arbitrary values (and numbers as strings), sometimes unknown keys.
-_sampling_values = json_values | st.integers(-5, 100).map(str) | st.floats(-2, 3).map(str)
-_sampling = st.dictionaries(st.sampled_from(sorted(SAMPLING_FIELDS)), _sampling_values, max_size=4) | json_values
-
-
-def _as_json(value: Any) -> str:
-    return json.dumps(value, allow_nan=True)
+     "content": _texts | st.just(PH) | st.lists(_parts, max_size=4)}) | json_values, max_size=3)
 
 
 def _string_input(structured: st.SearchStrategy) -> st.SearchStrategy:
@@ -61,6 +157,7 @@ def _string_input(structured: st.SearchStrategy) -> st.SearchStrategy:
         structured.map(_as_json).map(lambda t: _string_array(t.encode())),
         st.text(max_size=60).map(lambda t: _string_array(t.encode())),
         st.binary(max_size=60).map(_string_array),
+        _surrogates.map(_string_array),  # a str, as an in-process caller could pass
         st.lists(st.binary(max_size=8), min_size=0, max_size=3).map(lambda xs: np.array(xs, dtype=np.object_)),
         st.integers().map(lambda n: np.array([n], dtype=np.object_)),
     )
@@ -100,9 +197,9 @@ _flag = st.one_of(st.booleans().map(lambda v: np.array([v])), st.integers(-2, 2)
                   st.lists(st.booleans(), max_size=3).map(np.array))
 
 INPUTS = st.fixed_dictionaries({}, optional={
-    "text_input": _string_input(st.text(max_size=40) | st.just(f"a {PH} b")),
+    "text_input": _string_input(_texts | st.just(f"a {PH} b")),
     "messages": _string_input(_messages),
-    "sampling_parameters": _string_input(_sampling),
+    "sampling_parameters": _string_input(SAMPLING | json_values),
     "prompt_embeds": embeddings(),
     "prompt_embeds_fp16": embeddings(),
     "prompt_embeds_lengths": _lengths,
@@ -112,47 +209,95 @@ INPUTS = st.fixed_dictionaries({}, optional={
     "return_output_token_ids": _flag,
 })
 
+_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 
-@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                                  HealthCheck.function_scoped_fixture])
+
+def _refused(exc: ValidationError, allowed: tuple[str, ...] | None = None) -> None:
+    assert len(str(exc)) < 400, str(exc)[:500]
+    assert exc.parameter
+    if allowed is not None:
+        assert exc.parameter in allowed, str(exc)
+    event(f"rejected {exc.parameter}")
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+
+@_SETTINGS
 @given(inputs=INPUTS)
 @example(inputs={"text_input": _string_array(b"hi"), "sampling_parameters": _string_array(b'{"max_tokens": 1e400}')})
 @example(inputs={"messages": _string_array(json.dumps([{"role": "user", "content": [{"type": "prompt_embeds"}]}])
                                            .encode()),
                  "prompt_embeds": np.zeros((2, HIDDEN), np.float32),
                  "prompt_embeds_lengths": np.array([[2]], np.int32)})
-def test_parse_request_returns_a_request_or_a_validation_error(builder, inputs):
+@example(inputs={"messages": _string_array(b'[{"role": "user", "content": "\\ud800"}]')})
+@example(inputs={"text_input": _string_array("\ud800")})
+def test_any_input_is_refused_or_accepted_by_the_engine(builder, engine, inputs):
     try:
         request = parse_request(inputs, builder, CONFIG, MAX_LEN)
     except ValidationError as exc:
-        assert len(str(exc)) < 400, str(exc)[:500]
-        assert exc.parameter
-        event(f"rejected {exc.parameter}")
+        _refused(exc)
         return
     event("parsed")
     assert isinstance(request, GenerationRequest)
     assert 0 < request.prompt.num_tokens < MAX_LEN
+    engine.accept(request)
 
 
-@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "200")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(sampling=st.dictionaries(st.sampled_from(sorted(SAMPLING_FIELDS)), _sampling_values, min_size=1, max_size=3))
+@_SETTINGS
+@given(sampling=SAMPLING)
+@example(sampling={"max_tokens": 5.0})  # wedged the engine: msgspec wants an int
+@example(sampling={"ignore_eos": "1"})
+@example(sampling={"temperature": True})
+@example(sampling={"seed": 1.5})
+@example(sampling={"top_k": True})
+@example(sampling={"min_tokens": 1.0})
+@example(sampling={"skip_special_tokens": "yes"})
+@example(sampling={"seed": 2**70})  # leaked the request: cannot be encoded
+@example(sampling={"top_k": 2**70})
+@example(sampling={"seed": 10**400})
+@example(sampling={"logit_bias": {"5": float("nan")}})
+@example(sampling={"stop": ["\ud800"]})
+@example(sampling={"bad_words": ["a\udfff"]})
 @example(sampling={"stop": False})  # was an AssertionError from SamplingParams
 @example(sampling={"bad_words": {"a": 1}})
 @example(sampling={"stop_token_ids": [True, 2]})
 @example(sampling={"logit_bias": {"x": 1}})  # parsed, then a TypeError in the engine
-def test_any_sampling_values_on_a_valid_prompt(builder, sampling):
-    """Valid prompt, arbitrary values for known sampling fields: deeper into SamplingParams than the test above."""
-    inputs = {"text_input": _string_array(b"hello"), "sampling_parameters": _string_array(_as_json(sampling).encode())}
+@example(sampling={"max_tokens": None, "min_tokens": 100})  # vLLM checks min_tokens against the room left
+def test_any_sampling_values_are_refused_or_accepted_by_the_engine(builder, engine, sampling):
+    """Valid prompt, right and wrong values for every sampling field: parsed means the engine takes it."""
     try:
-        request = parse_request(inputs, builder, CONFIG, MAX_LEN)
+        request = parse_request(_sampling_input(sampling), builder, CONFIG, MAX_LEN)
     except ValidationError as exc:
-        assert len(str(exc)) < 400, str(exc)[:500]
-        assert exc.parameter in ("sampling_parameters", "text_input")
-        event(f"rejected {exc.parameter}")
+        _refused(exc, ("sampling_parameters", "text_input"))
         return
     event("parsed")
-    assert isinstance(request, GenerationRequest)
+    engine.accept(request)
+
+
+@_SETTINGS
+@given(sampling=st.fixed_dictionaries({}, optional={
+    "temperature": st.floats(0, 2) | st.floats(0, 2).map(str),
+    "top_p": st.floats(0.01, 1),
+    "top_k": st.integers(-1, 262) | st.integers(1, 262).map(str),
+    "min_p": st.floats(0, 1),
+    "seed": st.integers(-(2**63), 2**63 - 1),
+    "max_tokens": st.integers(1, 50) | st.none(),
+    "presence_penalty": st.floats(-2, 2),
+    "repetition_penalty": st.floats(0.01, 10),
+    "stop": st.lists(st.text(min_size=1, max_size=10).filter(str.strip), max_size=64),
+    "stop_token_ids": st.lists(st.integers(0, 261), max_size=20),
+    "bad_words": st.lists(st.text(min_size=1, max_size=10).filter(str.strip), max_size=8),
+    "logit_bias": st.dictionaries(st.integers(0, 261).map(str), st.floats(-1000, 1000), max_size=20),
+    "ignore_eos": st.booleans() | st.sampled_from(["true", "False"]),
+}))
+def test_values_in_range_are_accepted(builder, engine, sampling):
+    """The checks are not simply refusing everything: in-range values pass and reach the engine intact."""
+    request = parse_request(_sampling_input(sampling), builder, CONFIG, MAX_LEN)
+    engine.accept(request)
+    for bias in (request.sampling.logit_bias or {}).values():
+        assert -100 <= bias <= 100
 
 
 def test_logit_bias_keys_become_token_ids(builder):
