@@ -9,8 +9,9 @@ With TRITONSERVER_HOME set (an unpacked server: bin/, lib/, backends/), that ser
 
 Closed by default: the three endpoints bind 127.0.0.1 unless --host says otherwise, and the
 APIs that change the server's state (shared memory, model repository, trace, logging) answer only
-requests that carry the header `triton-admin-key: <key>` (the key from --admin-key or
-$TRITON_ADMIN_KEY, else a random one per start). See docs/security.md.
+requests that carry the key (the key from --admin-key or $TRITON_ADMIN_KEY, else a random one per
+start): HTTP header `triton-admin-key`, gRPC metadata `triton-grpc-protocol-triton-admin-key`.
+See docs/security.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
-ADMIN_KEY_HEADER = "triton-admin-key"  # gRPC metadata keys must be lower case
+ADMIN_KEY_HEADER = "triton-admin-key"  # HTTP header (lower case: gRPC metadata keys must be)
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"  # gRPC metadata: Triton adds this prefix
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
 # Everything that changes the server's state. Inference, health, metadata, model configuration
 # and statistics stay open: clients (our frontend, perf_analyzer) read them without a key.
@@ -133,8 +135,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, host_option: str = "--
                         help="address Triton's HTTP, gRPC and metrics endpoints bind to (0.0.0.0: every "
                              "interface, e.g. in a container; default %(default)s)")
     parser.add_argument("--admin-key", default=os.environ.get(ADMIN_KEY_ENV),
-                        help=f"the key for Triton's restricted APIs, sent as the `{ADMIN_KEY_HEADER}` header "
-                             f"(default ${ADMIN_KEY_ENV}, else a random one per start)")
+                        help=f"the key for Triton's restricted APIs, sent as the HTTP header `{ADMIN_KEY_HEADER}` "
+                             f"or the gRPC metadata `{GRPC_ADMIN_KEY_HEADER}` (default ${ADMIN_KEY_ENV}, else a "
+                             "random one per start)")
 
 
 def admin_key_from(args: argparse.Namespace) -> tuple[str, bool]:
@@ -153,7 +156,8 @@ def main() -> None:
                                metrics_port=args.metrics_port, host=args.triton_host, admin_key=admin_key,
                                extra=args.extra)
     if generated:  # the operator's terminal only: the key is not logged anywhere else
-        logger.info("restricted APIs: send the header %s: %s", ADMIN_KEY_HEADER, admin_key)
+        logger.info("restricted APIs: key %s (HTTP header %s, gRPC metadata %s)", admin_key, ADMIN_KEY_HEADER,
+                    GRPC_ADMIN_KEY_HEADER)
     logger.info("starting tritonserver on %s (HTTP %d, gRPC %d, metrics %d)", args.triton_host, args.http_port,
                 args.grpc_port, args.metrics_port)
     os.execve(argv[0], argv, env)

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import httpx
 
-from backend.launcher import ADMIN_KEY_HEADER, LOOPBACK, new_admin_key, server_command, server_options
+from backend.launcher import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER, LOOPBACK, new_admin_key, server_command, server_options
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +233,13 @@ class TritonServer(Process):
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """The header the restricted APIs (shared memory, model repository, trace, logging) need."""
+        """The HTTP header the restricted APIs (shared memory, model repository, trace, logging) need."""
         return {ADMIN_KEY_HEADER: self.admin_key}
+
+    @property
+    def admin_grpc_headers(self) -> dict[str, str]:
+        """The same key as gRPC metadata (Triton expects its own prefix there)."""
+        return {GRPC_ADMIN_KEY_HEADER: self.admin_key}
 
     def model_ready(self, model: str = MODEL_NAME) -> bool:
         return httpx.get(f"{self.http_url}/v2/models/{model}/ready", timeout=5).status_code == 200

@@ -6,8 +6,9 @@ Usage: python -m scripts.serve [--model-repository DIR] [--http-port 8000] [--gr
 
 Closed by default: both servers listen on 127.0.0.1 only; `--host 0.0.0.0` opens the frontend (in a
 container, for example) and `--triton-host` Triton's three endpoints. Triton's restricted APIs take
-the header `triton-admin-key` with --admin-key / $TRITON_ADMIN_KEY, else a key made for this start
-and printed here once. See docs/security.md.
+the key from --admin-key / $TRITON_ADMIN_KEY, else one made for this start and printed here once
+(HTTP header `triton-admin-key`, gRPC metadata `triton-grpc-protocol-triton-admin-key`).
+See docs/security.md.
 
 Stopping leaves nothing behind, however it comes: Ctrl-C, SIGTERM (to this process or its whole
 process group, as a supervisor or `make` sends it, even twice) or SIGHUP run one cleanup that no
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 from backend.config import load_engine_args
-from backend.launcher import ADMIN_KEY_HEADER, add_server_arguments, admin_key_from
+from backend.launcher import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER, add_server_arguments, admin_key_from
 from client.triton_inputs import MODEL_NAME
 from scripts.devservers import LOOPBACK, FrontendServer, Process, TritonServer
 
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
                     "Ctrl-C stops both.", frontend.url, frontend.url, frontend.url,
                     triton.http_url, triton.grpc_url, triton.metrics_url)
         if generated:  # shown once, here: the operator's terminal
-            logger.info("Triton's restricted APIs (shared memory, repository, trace, logging) need the header "
-                        "%s: %s  (set --admin-key or $TRITON_ADMIN_KEY to choose it)", ADMIN_KEY_HEADER, admin_key)
+            logger.info("Triton's restricted APIs (shared memory, repository, trace, logging) need the key %s\n"
+                        "  (HTTP header %s, gRPC metadata %s; set $TRITON_ADMIN_KEY to choose it)",
+                        admin_key, ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER)
         while triton.proc.poll() is None and frontend.proc.poll() is None:
             time.sleep(1)
         logger.error("a server exited (tritonserver: %s, frontend: %s); stopping",
