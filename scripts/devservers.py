@@ -300,7 +300,10 @@ class Servers:
         logger.info("starting %s", name)
         process = start()
         self.processes.append(process)
-        logger.info("%s ready: %s", name, shlex.join(process.proc.args))
+        command = shlex.join(process.proc.args)
+        if isinstance(process, TritonServer):  # the key stays out of logs
+            command = command.replace(process.admin_key, "<admin key>")
+        logger.info("%s ready: %s", name, command)
         return process
 
     def vllm(self, args: dict[str, Any]) -> str:
