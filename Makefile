@@ -13,8 +13,10 @@ model: $(TINY_MODEL)/config.json
 $(TINY_MODEL)/config.json: scripts/make_tiny_model.py | install
 	$(PY) scripts/make_tiny_model.py $(TINY_MODEL)
 
+# Binds 127.0.0.1; e.g. SERVE_ARGS="--host 0.0.0.0" opens the frontend (docs/security.md).
+SERVE_ARGS ?=
 serve: install model
-	$(PY) -m scripts.serve
+	$(PY) -m scripts.serve $(SERVE_ARGS)
 
 test: install model
 	$(PY) -m pytest -m "not gpu" tests

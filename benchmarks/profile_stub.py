@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.servers import REPO_ROOT, Servers, engine_args
-from tests.servers import TINY_MODEL
+from scripts.devservers import TINY_MODEL
 
 logger = logging.getLogger("profile_stub")
 

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model for servers started here")
     parser.add_argument("--out", type=Path, help="output directory (default results/loadtest/<timestamp>)")
     args = parser.parse_args(argv)
-    # Started from a background shell, SIGINT arrives ignored and the servers would inherit that:
-    # restore it so they stop on SIGINT (Process.stop) instead of waiting for SIGKILL.
+    # Started from a background shell, SIGINT arrives ignored: restore it, so Ctrl-C (or kill -INT)
+    # unwinds through Servers.close() and stops the servers.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--model" not in extra:
         extra = ["--model", args.model, *extra]
 
-    from benchmarks.servers import Servers, engine_args
+    from scripts.devservers import Servers, engine_args
 
     with Servers(out / "servers") as servers:
         engine = engine_args(args.model)

@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {"argv": sys.argv, "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                              for k, v in vars(args).items()},
                               "rss_window_s": window_s, "cpu_count": os.cpu_count(), "uptime_before": uptime()}
-    from benchmarks.servers import engine_args
-    from tests.servers import Process, TritonServer, free_port, make_repository
+    from scripts.devservers import FrontendServer, Process, TritonServer, engine_args, make_repository
 
     servers_dir = out / "servers"
     servers_dir.mkdir(exist_ok=True)
@@ -224,14 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         triton = TritonServer(make_repository(servers_dir / "repository", engine_args=engine_args(args.model)),
                               servers_dir / "tritonserver.log", extra=["--exit-timeout-secs=10"])
         started.append(triton)
-        port = free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH"))
-                                                           if p)}
-        frontend = Process([sys.executable, "-m", "client.frontend", "--triton-url", triton.grpc_url, "--port",
-                            str(port), "--model-path", args.model], env, servers_dir / "frontend.log")
+        frontend = FrontendServer(triton.grpc_url, servers_dir / "frontend.log", "--model-path", args.model)
         started.append(frontend)
-        frontend_url = f"http://localhost:{port}"
-        frontend.wait_until(lambda: httpx.get(f"{frontend_url}/v1/models", timeout=5).status_code == 200, "frontend")
+        frontend_url = frontend.url
         record["server_start_s"] = round(time.monotonic() - t_start, 1)
         logger.info("servers up in %.0f s; soak for %d s", record["server_start_s"], args.duration)
 
@@ -245,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                               extra=extra)
         finally:
             sampler.stop()
-        idle, gauges = wait_idle(f"http://localhost:{triton.metrics_port}/metrics", timeout_s=30)
+        idle, gauges = wait_idle(triton.metrics_url, timeout_s=30)
     finally:
-        for process in reversed(started):  # process groups: the engine's workers go with them
+        for process in reversed(started):  # each with its process group: the engine goes with tritonserver
             process.stop()
     record["uptime_after"] = uptime()
     record["locust_exit_code"] = code

@@ -1,71 +1,39 @@
 """`make serve`: start tritonserver (the vllm_model) and the OpenAI-compatible frontend; Ctrl-C stops both.
 
 Usage: python -m scripts.serve [--model-repository DIR] [--http-port 8000] [--grpc-port 8001]
-       [--metrics-port 8002] [--frontend-port 9000] [--host 0.0.0.0] [-- extra frontend arguments]
-Each server runs in its own process group, so stopping one stops its children too (the vLLM engine).
+       [--metrics-port 8002] [--frontend-port 9000] [--host 127.0.0.1] [--triton-host 127.0.0.1]
+       [--admin-key KEY] [-- extra frontend arguments]
+
+Closed by default: both servers listen on 127.0.0.1 only; `--host 0.0.0.0` opens the frontend (in a
+container, for example) and `--triton-host` Triton's three endpoints. Triton's restricted APIs take
+the key from --admin-key / $TRITON_ADMIN_KEY, else one made for this start and printed here once
+(HTTP header `triton-admin-key`, gRPC metadata `triton-grpc-protocol-triton-admin-key`).
+See docs/security.md.
+
+Stopping leaves nothing behind, however it comes: Ctrl-C, SIGTERM (to this process or its whole
+process group, as a supervisor or `make` sends it, even twice) or SIGHUP run one cleanup that no
+further signal interrupts: the frontend, then tritonserver, each given SIGTERM and a deadline, then
+SIGKILL to its process group. If this process is killed outright (SIGKILL), the kernel kills both
+servers (scripts/devservers.py), and the model's reaper ends the Python stub and the vLLM engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from backend.config import load_engine_args
-from backend.launcher import REPO_ROOT, add_server_arguments, server_command
+from backend.launcher import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER, add_server_arguments, admin_key_from
 from client.triton_inputs import MODEL_NAME
+from scripts.devservers import LOOPBACK, FrontendServer, Process, TritonServer
 
 logger = logging.getLogger("serve")
 START_TIMEOUT_S = 600.0
-STOP_TIMEOUT_S = 60.0
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(argv, env=env, start_new_session=True)
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, what: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
-        if _http_ok(url):
-            return
-        time.sleep(1)
-    raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s ({url})")
-
-
-def _stop(proc: subprocess.Popen | None, what: str) -> None:
-    """SIGINT the process group, wait, then SIGKILL whatever of the group is left."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        logger.info("stopping %s", what)
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in %.0fs; killing it", what, STOP_TIMEOUT_S)
-    try:  # the engine's worker processes, should any outlive their parent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _model_path(repository: Path) -> Path | None:
@@ -74,50 +42,70 @@ def _model_path(repository: Path) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def _ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGINT/SIGTERM handler: unwind through the cleanup in main()."""
+    """SIGINT/SIGTERM/SIGHUP handler: unwind through the cleanup, which no later signal may cut short
+    (a second Ctrl-C; make forwards the SIGTERM its process group got, so serve.py gets two)."""
+    _ignore_stop_signals()
     raise KeyboardInterrupt
 
 
-def main() -> None:
-    """Start both servers, print the URLs, and stop both on Ctrl-C (or when either exits)."""
+def _stop_all(servers: list[Process]) -> None:
+    """Stop the servers, newest first (a server still starting was stopped by its own wait)."""
+    _ignore_stop_signals()
+    for server in reversed(servers):
+        logger.info("stopping %s", "frontend" if isinstance(server, FrontendServer) else "tritonserver")
+        server.stop()
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_server_arguments(parser)
+    add_server_arguments(parser, host_option="--triton-host")
     parser.add_argument("--frontend-port", type=int, default=9000)
-    parser.add_argument("--host", default="0.0.0.0", help="frontend bind address")
+    parser.add_argument("--host", default=LOOPBACK,
+                        help="address the frontend binds to (0.0.0.0: every interface; default %(default)s)")
     parser.add_argument("frontend_args", nargs="*", help="further frontend arguments (after --)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start both servers, print the URLs, and stop both on Ctrl-C/SIGTERM (or when either exits)."""
+    args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [serve] %(message)s")
-
-    triton = frontend = None
-    # Ctrl-C and SIGTERM (a supervisor) both unwind through the cleanup below. SIGINT is set
-    # explicitly: a shell starts background jobs with SIGINT ignored, which Python would keep.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Set explicitly: a shell starts background jobs with SIGINT ignored, which Python would keep.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
+    admin_key, generated = admin_key_from(args)
+    servers: list[Process] = []
     try:
-        argv, env = server_command(args.model_repository, http_port=args.http_port, grpc_port=args.grpc_port,
-                                   metrics_port=args.metrics_port)
-        logger.info("starting tritonserver (the vLLM engine takes a minute to load)")
-        triton = _start(argv, env)
-        _wait_ready(triton, f"http://localhost:{args.http_port}/v2/models/{MODEL_NAME}/ready", "tritonserver")
-
-        frontend_argv = [sys.executable, "-m", "client.frontend", "--triton-url", f"localhost:{args.grpc_port}",
-                         "--host", args.host, "--port", str(args.frontend_port),
-                         "--triton-metrics-url", f"http://localhost:{args.metrics_port}/metrics"]
+        logger.info("starting tritonserver on %s (the vLLM engine takes a minute to load)", args.triton_host)
+        triton = TritonServer(args.model_repository, None, host=args.triton_host, admin_key=admin_key,
+                              ports=(args.http_port, args.grpc_port, args.metrics_port), timeout_s=START_TIMEOUT_S)
+        servers.append(triton)
+        extra = ["--triton-metrics-url", triton.metrics_url]
         model_path = _model_path(args.model_repository)
         if model_path is not None:
-            frontend_argv += ["--model-path", str(model_path)]
-        frontend = _start(frontend_argv + list(args.frontend_args), dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
-        _wait_ready(frontend, f"http://localhost:{args.frontend_port}/health", "frontend", timeout_s=120)
-
-        logger.info("ready:\n  OpenAI API   http://localhost:%d/v1  (models, completions, chat/completions)\n"
-                    "  health       http://localhost:%d/health   metrics http://localhost:%d/metrics\n"
-                    "  Triton       HTTP http://localhost:%d  gRPC localhost:%d  metrics http://localhost:%d/metrics\n"
-                    "Ctrl-C stops both.", args.frontend_port, args.frontend_port, args.frontend_port,
-                    args.http_port, args.grpc_port, args.metrics_port)
-        while triton.poll() is None and frontend.poll() is None:
+            extra += ["--model-path", str(model_path)]
+        frontend = FrontendServer(triton.grpc_url, None, *extra, *args.frontend_args, host=args.host,
+                                  port=args.frontend_port)
+        servers.append(frontend)
+        logger.info("ready:\n  OpenAI API   %s/v1  (models, completions, chat/completions)\n"
+                    "  health       %s/health   metrics %s/metrics\n"
+                    "  Triton       HTTP %s  gRPC %s  metrics %s\n"
+                    "Ctrl-C stops both.", frontend.url, frontend.url, frontend.url,
+                    triton.http_url, triton.grpc_url, triton.metrics_url)
+        if generated:  # shown once, here: the operator's terminal
+            logger.info("Triton's restricted APIs (shared memory, repository, trace, logging) need the key %s\n"
+                        "  (HTTP header %s, gRPC metadata %s; set $TRITON_ADMIN_KEY to choose it)",
+                        admin_key, ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER)
+        while triton.proc.poll() is None and frontend.proc.poll() is None:
             time.sleep(1)
-        logger.error("a server exited (tritonserver: %s, frontend: %s); stopping", triton.poll(), frontend.poll())
+        logger.error("a server exited (tritonserver: %s, frontend: %s); stopping",
+                     triton.proc.poll(), frontend.proc.poll())
         sys.exit(1)
     except KeyboardInterrupt:
         logger.info("interrupted")
@@ -125,9 +113,7 @@ def main() -> None:
         logger.error("%s", exc)
         sys.exit(1)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        _stop(frontend, "frontend")
-        _stop(triton, "tritonserver")
+        _stop_all(servers)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 
 from backend.placement import pin_engine  # noqa: E402
+from backend.reaper import start_reaper  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
 from backend.triton_io import TritonMetrics, TritonSink, read_inputs  # noqa: E402
 
@@ -28,6 +29,7 @@ class TritonPythonModel:
     """Decoupled model: execute() parses and schedules; responses stream from the engine thread."""
 
     def initialize(self, args):
+        start_reaper()  # first: the engine must not outlive this stub or tritonserver, even while loading
         model_config = json.loads(args["model_config"])
         engine_args_path = Path(args["model_repository"]) / args["model_version"] / "model.json"
         name = args["model_name"]
