@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from client.frontend.errors import APIError
 from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
-from client.frontend.routes.common import check_model, count_tokens, frontend_state
+from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state
 from client.frontend.schemas import ChatCompletionRequest, chat_body, new_id, usage
 from client.frontend.triton_client import Delta, TritonRequest
 
@@ -60,13 +60,17 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     """OpenAI Chat Completions with vLLM's prompt_embeds content parts."""
     started = time.perf_counter()
     state = frontend_state(request)
+    check_unicode(body)  # first: later errors may quote a field (the model name)
     check_model(body.model, state)
     if body.logprobs or body.top_logprobs is not None:
         raise APIError(400, "logprobs is not supported by this server", "logprobs")
     messages, payloads, where = split_messages(body)
-    tensors = await state.decode(payloads, body.prompt_embeds_format, where)
+    await state.open_streams(1, request.scope)
+    tensors = await state.decode(payloads, body.prompt_embeds_format, where, scope=request.scope,
+                                 request_parameter="messages")
+    embeds = await state.offload(concatenate, tensors) if len(tensors) > 1 else concatenate(tensors)
     job = TritonRequest(body.to_sampling_params(), stream=bool(body.stream), messages=messages,
-                        embeds=concatenate(tensors), lengths=[int(t.shape[0]) for t in tensors] or None)
+                        embeds=embeds, lengths=[int(t.shape[0]) for t in tensors] or None)
     request_id, model, created = new_id("chatcmpl"), state.config.served_name, int(time.time())
 
     if not body.stream:

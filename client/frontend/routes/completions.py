@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from client.frontend.errors import APIError
 from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
-from client.frontend.routes.common import check_model, count_tokens, frontend_state
+from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state
 from client.frontend.schemas import CompletionRequest, completion_body, new_id, usage
 from client.frontend.triton_client import Delta, TritonRequest
 
@@ -34,17 +34,24 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
     """OpenAI Completions with vLLM's prompt_embeds."""
     started = time.perf_counter()
     state = frontend_state(request)
+    check_unicode(body)  # first: later errors may quote a field (the model name)
     check_model(body.model, state)
     _check_unsupported(body)
     payloads = body.embeds_payloads()
+    prompts = body.text_prompts()
+    if len(payloads) + len(prompts) > state.config.max_prompts:
+        raise APIError(400, f"{len(payloads) + len(prompts)} prompts exceed the limit of {state.config.max_prompts} "
+                            "per request", "prompt" if prompts else "prompt_embeds")
     names = ["prompt_embeds"] if isinstance(body.prompt_embeds, str) else [
         f"prompt_embeds[{i}]" for i in range(len(payloads))]
-    tensors = await state.decode(payloads, body.prompt_embeds_format, names)
+    await state.open_streams(len(payloads) + len(prompts), request.scope)
+    tensors = await state.decode(payloads, body.prompt_embeds_format, names, scope=request.scope)
     sampling = body.to_sampling_params()
     jobs = [TritonRequest(sampling, stream=bool(body.stream), embeds=t) for t in tensors]
     echoes = [""] * len(jobs)
-    for prompt in body.text_prompts():
-        text = prompt if isinstance(prompt, str) else state.text_for_token_ids(prompt)
+    decoded = iter(await state.texts_for_token_ids([p for p in prompts if not isinstance(p, str)]))
+    for prompt in prompts:
+        text = prompt if isinstance(prompt, str) else next(decoded)
         jobs.append(TritonRequest(sampling, stream=bool(body.stream), text=text))
         echoes.append(text if body.echo else "")
     request_id, model, created = new_id("cmpl"), state.config.served_name, int(time.time())
