@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from fastapi import Request
 
 from backend.errors import ServingError, ValidationError
 from client.frontend.config import FrontendConfig, hidden_size_from_model_path
+from client.frontend import sse
 from client.frontend.errors import APIError, from_serving_error, to_api_error
 from client.frontend.limits import Budget
 from client.frontend.middleware import Metrics
@@ -201,6 +201,14 @@ async def until_disconnected(http_request: Request, work: Awaitable[T], on_disco
 _END = object()
 
 
+def merge_deltas(first: Delta, then: Delta) -> Delta:
+    """Two consecutive responses of one choice as one: text joined, counts added, the latest flags."""
+    return Delta(text=first.text + then.text, num_output_tokens=first.num_output_tokens + then.num_output_tokens,
+                 num_input_tokens=then.num_input_tokens if then.num_input_tokens is not None
+                 else first.num_input_tokens,
+                 finish_reason=then.finish_reason or first.finish_reason, final=first.final or then.final)
+
+
 class ChoiceStreams:
     """Several choices' delta streams merged into one (index, Delta) stream; start() surfaces early errors."""
 
@@ -233,16 +241,30 @@ class ChoiceStreams:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
             await self._queue.put((index, exc))
 
-    async def __aiter__(self) -> AsyncIterator[tuple[int, Delta]]:
+    async def batches(self) -> AsyncIterator[list[tuple[int, Delta]]]:
+        """Everything that has arrived since the last batch, one merged Delta per choice, in arrival order.
+
+        While the HTTP client keeps up a batch is one response; when it falls behind, the responses
+        queued meanwhile go out as one event per choice instead of one per engine step.
+        """
         running = len(self._tasks)
         while running:
-            index, item = await self._queue.get()
-            if item is _END:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            merged: dict[int, Delta] = {}
+            failure: BaseException | None = None
+            for index, item in items:
+                if item is _END:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    failure = failure or item
+                else:
+                    merged[index] = merge_deltas(merged[index], item) if index in merged else item
+            if merged:
+                yield list(merged.items())
+            if failure is not None:
+                raise failure
 
     async def close(self) -> None:
         """Cancel what still runs; closing each generator cancels its gRPC call."""
@@ -252,37 +274,31 @@ class ChoiceStreams:
                 await stream.aclose()
 
 
-def sse(data: dict[str, Any] | str) -> bytes:
-    """One Server-Sent Event line pair."""
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n".encode("utf-8")
-
-
 async def sse_stream(
     streams: ChoiceStreams,
-    render: Callable[[int, Delta], list[dict[str, Any]]],
-    finish: Callable[[], list[dict[str, Any]]],
+    render: Callable[[int, Delta], bytes],
+    finish: Callable[[], list[bytes]],
     state: FrontendState,
     endpoint: str,
     started: float,
 ) -> AsyncIterator[bytes]:
-    """Render merged deltas as SSE chunks, then `finish()` chunks and [DONE]; errors as an error event."""
+    """Render merged deltas as SSE events (one write per batch), then `finish()` and [DONE]; errors in-band."""
     first = True
     try:
-        async for index, delta in streams:
-            if first and delta.text:
+        async for batch in streams.batches():
+            if first and any(delta.text for _, delta in batch):
                 state.metrics.first_token.labels(endpoint).observe(time.perf_counter() - started)
                 first = False
-            for chunk in render(index, delta):
-                yield sse(chunk)
-        for chunk in finish():
-            yield sse(chunk)
+            yield b"".join([render(index, delta) for index, delta in batch])
+        tail = b"".join(finish())
+        if tail:
+            yield tail
     except (asyncio.CancelledError, GeneratorExit):
         state.metrics.disconnects.labels(endpoint).inc()
         raise
     except Exception as exc:  # noqa: BLE001 - the status is already sent: report in-band, as vLLM does
         error = to_api_error(exc) if not isinstance(exc, ServingError) else from_serving_error(exc)
-        yield sse(error.body())
+        yield sse.event(error.body())
     finally:
         await streams.close()
-    yield sse("[DONE]")
+    yield sse.DONE

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -16,10 +17,20 @@ from transformers import AutoTokenizer
 from client.frontend.app import create_app
 from client.frontend.config import FrontendConfig, from_json, parse_args, to_json
 from client.frontend.errors import APIError
-from client.frontend.generation import FrontendState
+from client.frontend.generation import ChoiceStreams, FrontendState
 from client.frontend.limits import Budget
+from client.frontend.schemas import chat_body, completion_body
+from client.frontend.sse import ChunkFormat
 from client.frontend.payloads import encode_prompt_embeds
-from client.frontend.triton_client import Delta, TritonRequest, engine_healthy_gauge
+from client.frontend.triton_client import (
+    RETURNS,
+    Delta,
+    TritonRequest,
+    _read_delta_typed,
+    engine_healthy_gauge,
+    read_delta,
+    triton_inputs,
+)
 
 HIDDEN = 8
 TINY_MODEL = Path(__file__).resolve().parents[2] / "build" / "tiny-model"
@@ -336,3 +347,110 @@ def test_token_id_prompts_are_decoded_in_the_pool(monkeypatch) -> None:
         assert client.post("/v1/completions", json={"prompt": ids}).status_code == 200
     assert fake.requests[-1].text == "Hello there"
     assert threads and all(name.startswith("embeds-decode") for name in threads)
+
+
+# -- the Triton boundary: what is sent and how responses are read --------------------------------
+
+
+def _infer_result(outputs: dict[str, np.ndarray], final: bool | None = None) -> Any:
+    """A tritonclient InferResult as Triton's gRPC stream delivers it (raw output contents)."""
+    from tritonclient.grpc import InferResult, service_pb2
+    from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
+
+    response = service_pb2.ModelInferResponse(model_name="vllm_model")
+    for name, array in outputs.items():
+        tensor = response.outputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=list(array.shape))
+        raw = serialize_byte_tensor(array).item() if array.dtype == np.object_ else array.tobytes()
+        response.raw_output_contents.append(raw)
+    if final is not None:
+        response.parameters["triton_final_response"].bool_param = final
+    return InferResult(response)
+
+
+@pytest.mark.parametrize("outputs, expected", [
+    ({"text_output": np.array(["é!".encode()], dtype=np.object_),
+      "num_output_tokens": np.array([2], dtype=np.uint32)},
+     Delta("é!", 2, None, None, False)),
+    ({"text_output": np.array([b""], dtype=np.object_), "finish_reason": np.array([b"length"], dtype=np.object_),
+      "num_input_tokens": np.array([70000], dtype=np.uint32), "num_output_tokens": np.array([0], dtype=np.uint32)},
+     Delta("", 0, 70000, "length", True)),
+    ({"text_output": np.array([b"ab"], dtype=np.object_), "finish_reason": np.array([b""], dtype=np.object_)},
+     Delta("ab", 0, None, None, False)),
+], ids=["step", "final_with_counts", "empty_reason"])
+def test_read_delta_from_raw_outputs(outputs: dict, expected: Delta) -> None:
+    result = _infer_result(outputs)
+    assert read_delta(result) == expected
+    assert _read_delta_typed(result) == expected  # the fallback reads the same
+
+
+def test_final_flag_without_outputs() -> None:
+    assert read_delta(_infer_result({}, final=True)) == Delta("", 0, None, None, True)
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float32, "prompt_embeds"), (torch.float16, "prompt_embeds_fp16"),
+                                         (torch.bfloat16, "prompt_embeds_bf16")], ids=str)
+def test_embeddings_go_to_triton_in_their_own_precision(dtype: torch.dtype, name: str) -> None:
+    embeds = torch.randn(3, HIDDEN).to(dtype)
+    inputs = {i.name(): i for i in triton_inputs(TritonRequest({"max_tokens": 2}, embeds=embeds))}
+    tensor = inputs[name]
+    assert tensor.shape() == [3, HIDDEN]
+    assert torch.equal(torch.frombuffer(bytearray(tensor._raw_content), dtype=dtype).view(3, HIDDEN), embeds)
+    # Only the outputs the frontend reads are asked for.
+    assert sorted(n for n in inputs if n.startswith("return_")) == sorted(RETURNS)
+
+
+# -- per token: coalescing under backlog, preformatted chunks --------------------------------------
+
+
+class BurstClient(FakeClient):
+    """Every response of a choice is ready at once (the HTTP client is behind the engine)."""
+
+    async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        for i, piece in enumerate("hello"):
+            yield Delta(text=piece, num_output_tokens=1, num_input_tokens=7 if i == 4 else None,
+                        finish_reason="length" if i == 4 else None, final=i == 4)
+
+
+def test_queued_responses_go_out_as_one_delta_per_choice() -> None:
+    async def scenario() -> list[list[tuple[int, Delta]]]:
+        streams = ChoiceStreams(BurstClient(), [TritonRequest({}, text="a"), TritonRequest({}, text="b")])
+        await streams.start()
+        await asyncio.sleep(0.01)  # both pumps run ahead of the consumer
+        batches = [batch async for batch in streams.batches()]
+        await streams.close()
+        return batches
+
+    (batch,) = asyncio.run(scenario())
+    assert sorted(batch, key=lambda item: item[0]) == [(i, Delta("hello", 5, 7, "length", True)) for i in (0, 1)]
+
+
+class PacedClient(FakeClient):
+    """Responses 10 ms apart (an engine step), slower than the consumer."""
+
+    async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        for i, piece in enumerate("hello"):
+            await asyncio.sleep(0.01)
+            yield Delta(text=piece, num_output_tokens=1, num_input_tokens=None, finish_reason=None, final=i == 4)
+
+
+def test_a_consumer_that_keeps_up_gets_every_response() -> None:
+    async def scenario() -> list[str]:
+        streams = ChoiceStreams(PacedClient(), [TritonRequest({}, text="a")])
+        await streams.start()
+        return [delta.text async for batch in streams.batches() for _, delta in batch]
+
+    assert asyncio.run(scenario()) == list("hello")
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+@pytest.mark.parametrize("text, reason", [("a\"b\n\u2028é", None), ("", "stop"), ("x", "length")])
+def test_preformatted_chunks_equal_the_json_bodies(chat: bool, text: str, reason: str | None) -> None:
+    raw = ChunkFormat("id-1", "m\"odel", 123, chat=chat).chunk(2, text, reason)
+    assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+    if chat:
+        choice = {"index": 2, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": reason}
+        expected = chat_body("id-1", "m\"odel", [choice], chunk=True, created=123)
+    else:
+        choice = {"index": 2, "text": text, "logprobs": None, "finish_reason": reason, "stop_reason": None}
+        expected = completion_body("id-1", "m\"odel", [choice], chunk=True, created=123)
+    assert json.loads(raw[6:]) == expected

@@ -6,8 +6,9 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from client.frontend import sse
 from client.frontend.errors import APIError
 from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
 from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state
@@ -64,32 +65,32 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         prompt_tokens = sum(r.prompt_tokens for r in results)
         completion_tokens = sum(r.completion_tokens for r in results)
         count_tokens(state, ENDPOINT, prompt_tokens, completion_tokens)
-        return completion_body(request_id, model, choices, chunk=False, created=created,
-                               usage_info=usage(prompt_tokens, completion_tokens))
+        return Response(sse.json_bytes(completion_body(request_id, model, choices, chunk=False, created=created,
+                                                       usage_info=usage(prompt_tokens, completion_tokens))),
+                        media_type="application/json")
 
     streams = ChoiceStreams(state.client, jobs)
     await streams.start()
     prompt_tokens = [0] * len(jobs)
     completion_tokens = [0] * len(jobs)
     echoed = [False] * len(jobs)
+    chunks = sse.ChunkFormat(request_id, model, created, chat=False)
 
-    def render(index: int, delta: Delta) -> list[dict[str, Any]]:
+    def render(index: int, delta: Delta) -> bytes:
         completion_tokens[index] += delta.num_output_tokens
         prompt_tokens[index] = delta.num_input_tokens or prompt_tokens[index]
         text = delta.text if echoed[index] else echoes[index] + delta.text
         echoed[index] = True
         if not text and not delta.finish_reason:
-            return []
-        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": delta.finish_reason,
-                  "stop_reason": None}
-        return [completion_body(request_id, model, [choice], chunk=True, created=created)]
+            return b""
+        return chunks.chunk(index, text, delta.finish_reason)
 
-    def finish() -> list[dict[str, Any]]:
+    def finish() -> list[bytes]:
         count_tokens(state, ENDPOINT, sum(prompt_tokens), sum(completion_tokens))
         if not body.include_usage:
             return []
-        return [completion_body(request_id, model, [], chunk=True, created=created,
-                                usage_info=usage(sum(prompt_tokens), sum(completion_tokens)))]
+        return [sse.event(completion_body(request_id, model, [], chunk=True, created=created,
+                                          usage_info=usage(sum(prompt_tokens), sum(completion_tokens))))]
 
     return StreamingResponse(sse_stream(streams, render, finish, state, ENDPOINT, started),
                              media_type="text/event-stream")
