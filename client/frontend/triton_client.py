@@ -95,6 +95,8 @@ def triton_inputs(request: TritonRequest) -> list[Any]:
 
 def _bytes_elements(raw: bytes) -> list[bytes]:
     """A serialized BYTES tensor (4-byte little-endian length, then the bytes, per element) -> its elements."""
+    if len(raw) >= 4 and int.from_bytes(raw[:4], "little") == len(raw) - 4:
+        return [raw[4:]]  # the usual case: one element
     out, offset = [], 0
     while offset + 4 <= len(raw):
         length = int.from_bytes(raw[offset:offset + 4], "little")
