@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--output-tokens", type=int, default=16)
-    p.add_argument("--requests", type=int, default=800, help="per measured run (the load runs twice: warm, then sampled)")
+    p.add_argument("--requests", type=int, default=800,
+                   help="per measured run (the load runs twice: warm, then sampled)")
     p.add_argument("--duration", type=int, default=15, help="seconds of sampling")
     p.add_argument("--frontend-args", default="", help="extra frontend options, e.g. '--workers 2'")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "profile")

@@ -317,38 +317,6 @@ def test_bad_requests_are_400_with_param(http: httpx.Client, body: dict, param: 
         assert response.json()["error"]["param"] == param
 
 
-# -- cancellation ---------------------------------------------------------------------------------
-
-
-def _cancelled_count(triton) -> float:
-    match = re.search(r'vllm:request_outcome_total\{[^}]*outcome="cancelled"[^}]*\} (\S+)', triton.metrics())
-    return float(match.group(1)) if match else 0.0
-
-
-def _wait_for(condition, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def test_client_disconnect_cancels_triton_request(frontend, triton) -> None:
-    long = {"prompt": "Count:", "max_tokens": 4000, "ignore_eos": True, "temperature": 0}
-    before = _cancelled_count(triton)
-    with httpx.Client(base_url=frontend.url, timeout=60) as session:
-        with session.stream("POST", "/v1/completions", json={**long, "stream": True}) as response:
-            lines = response.iter_lines()
-            assert next(line for line in lines if line.startswith("data: "))
-    # The stream was closed after one chunk: Triton must see a cancelled request, not finish 4000 tokens.
-    assert _wait_for(lambda: _cancelled_count(triton) >= before + 1), "streaming request not cancelled"
-
-    with httpx.Client(base_url=frontend.url, timeout=1.5) as session, pytest.raises(httpx.ReadTimeout):
-        session.post("/v1/completions", json=long)
-    assert _wait_for(lambda: _cancelled_count(triton) >= before + 2), "non-streaming request not cancelled"
-
-
 # -- several worker processes ---------------------------------------------------------------------
 
 
@@ -380,3 +348,36 @@ def test_workers_share_the_port_add_up_metrics_and_stop_together(triton, tmp_pat
         assert not alive, f"workers left running: {[p.pid for p in alive]}"
     finally:
         server.stop()
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+
+
+def _cancelled_count(triton) -> float:
+    match = re.search(r'vllm:request_outcome_total\{[^}]*outcome="cancelled"[^}]*\} (\S+)', triton.metrics())
+    return float(match.group(1)) if match else 0.0
+
+
+def _wait_for(condition, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_client_disconnect_cancels_triton_request(frontend, triton) -> None:
+    long = {"prompt": "Count:", "max_tokens": 4000, "ignore_eos": True, "temperature": 0}
+    before = _cancelled_count(triton)
+    with httpx.Client(base_url=frontend.url, timeout=60) as session:
+        with session.stream("POST", "/v1/completions", json={**long, "stream": True}) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+    # The stream was closed after one chunk: Triton must see a cancelled request, not finish 4000 tokens.
+    assert _wait_for(lambda: _cancelled_count(triton) >= before + 1), "streaming request not cancelled"
+
+    with httpx.Client(base_url=frontend.url, timeout=1.5) as session, pytest.raises(httpx.ReadTimeout):
+        session.post("/v1/completions", json=long)
+    assert _wait_for(lambda: _cancelled_count(triton) >= before + 2), "non-streaming request not cancelled"
+
