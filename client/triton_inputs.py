@@ -9,11 +9,19 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
+import ml_dtypes
 import numpy as np
 
 MODEL_NAME = "vllm_model"
 RETURN_ALL = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
               "return_output_token_ids")
+# Embedding tensors by numpy dtype: (input name, Triton datatype). tritonclient (since r26.06) takes
+# BF16 only as ml_dtypes.bfloat16 arrays; anything else goes as FP32.
+EMBEDDING_INPUTS = {
+    np.dtype(np.float16): ("prompt_embeds_fp16", "FP16"),
+    np.dtype(ml_dtypes.bfloat16): ("prompt_embeds_bf16", "BF16"),
+    np.dtype(np.float32): ("prompt_embeds", "FP32"),
+}
 
 
 def _string(module: Any, name: str, value: str) -> Any:
@@ -39,18 +47,26 @@ def build_inputs(
     sampling: dict[str, Any] | None = None,
     exclude_input_in_output: bool | None = None,
     return_all: bool = True,
+    returns: Sequence[str] | None = None,
 ) -> list[Any]:
-    """Input tensors for one request. `embeds` float32 or float16 (sent as prompt_embeds[_fp16])."""
+    """Input tensors for one request.
+
+    `embeds`: float16, ml_dtypes.bfloat16 or float32 go as prompt_embeds_fp16 / _bf16 / prompt_embeds,
+    unchanged; other dtypes are cast to float32. `returns` names the return_* flags to set (the model
+    builds only those outputs); without it, `return_all` sets every one.
+    """
     inputs = []
     if text is not None:
         inputs.append(_string(module, "text_input", text))
     if messages is not None:
         inputs.append(_string(module, "messages", json.dumps(messages)))
     if embeds is not None:
+        if embeds.dtype not in EMBEDDING_INPUTS:
+            embeds = embeds.astype(np.float32)
         embeds = np.ascontiguousarray(embeds)
-        name, wire = ("prompt_embeds_fp16", "FP16") if embeds.dtype == np.float16 else ("prompt_embeds", "FP32")
+        name, wire = EMBEDDING_INPUTS[embeds.dtype]
         tensor = module.InferInput(name, list(embeds.shape), wire)
-        tensor.set_data_from_numpy(embeds.astype(np.float16 if wire == "FP16" else np.float32, copy=False))
+        tensor.set_data_from_numpy(embeds)
         inputs.append(tensor)
     if lengths is not None:
         tensor = module.InferInput("prompt_embeds_lengths", [len(lengths)], "INT32")
@@ -61,7 +77,9 @@ def build_inputs(
         inputs.append(_string(module, "sampling_parameters", json.dumps(sampling)))
     if exclude_input_in_output is not None:
         inputs.append(_bool(module, "exclude_input_in_output", exclude_input_in_output))
-    if return_all:
+    if returns is not None:
+        inputs.extend(_bool(module, name, True) for name in returns)
+    elif return_all:
         inputs.extend(_bool(module, name, True) for name in RETURN_ALL)
     return inputs
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from backend.errors import ServingError
-from client.frontend.config import FrontendConfig
+from client.frontend.config import FrontendConfig, from_json
 from client.frontend.errors import APIError, to_api_error
 from client.frontend.generation import FrontendState
-from client.frontend.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from client.frontend.limits import LeaseMiddleware
+from client.frontend.middleware import APIKeyMiddleware, BodyLimitMiddleware, Metrics, MetricsMiddleware
 from client.frontend.routes import chat, completions, system
 from client.frontend.triton_client import GenerationClient, TritonClient
 
 logger = logging.getLogger(__name__)
+CONFIG_ENV = "TRITON_FRONTEND_CONFIG"  # the config, as JSON, for worker processes (app_from_env)
 
 
 def _location(loc: tuple) -> str:
@@ -76,21 +79,33 @@ def create_app(config: FrontendConfig, client_factory: Callable[[], GenerationCl
     app.include_router(system.router)
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    async def _api_error(_: Request, exc: APIError) -> Response:
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         return validation_error(exc).response()
 
     @app.exception_handler(ServingError)
-    async def _serving(_: Request, exc: ServingError) -> JSONResponse:
+    async def _serving(_: Request, exc: ServingError) -> Response:
         return to_api_error(exc).response()
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    async def _internal(_: Request, exc: Exception) -> Response:
         return to_api_error(exc).response()
 
+    # add_middleware wraps: the last added runs first. Order of a request: metrics (sees every
+    # status), API key (before any body is read), body cap, lease release (after the response ends).
+    app.add_middleware(LeaseMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
+    if config.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for uvicorn worker processes: the config comes as JSON in TRITON_FRONTEND_CONFIG."""
+    config = from_json(os.environ[CONFIG_ENV])
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(config)

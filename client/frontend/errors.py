@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 
 import grpc
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from backend.errors import (
     ERROR_CODES,
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 # OpenAI's error `type` per HTTP status (as vLLM's create_error_response names them).
 ERROR_TYPES = {
     400: "BadRequestError",
+    401: "AuthenticationError",
     404: "NotFoundError",
     413: "RequestTooLargeError",
     429: "RateLimitError",
@@ -70,8 +72,9 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "APIError"),
                           "param": self.param, "code": self.status}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+    def response(self) -> Response:
+        """The error as JSON; ASCII-escaped, so any text (even a lone surrogate) encodes."""
+        return Response(json.dumps(self.body()), status_code=self.status, media_type="application/json")
 
 
 def from_serving_error(exc: ServingError, param_map: dict[str, str | None] | None = None) -> APIError:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import functools
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
@@ -22,9 +23,11 @@ from fastapi import Request
 
 from backend.errors import ServingError, ValidationError
 from client.frontend.config import FrontendConfig, hidden_size_from_model_path
+from client.frontend import sse
 from client.frontend.errors import APIError, from_serving_error, to_api_error
+from client.frontend.limits import Budget
 from client.frontend.middleware import Metrics
-from client.frontend.payloads import PayloadLimits, decode_prompt_embeds
+from client.frontend.payloads import PayloadLimits, decode_request_embeds, payload_bytes
 from client.frontend.triton_client import Delta, GenerationClient, TritonRequest
 
 logger = logging.getLogger(__name__)
@@ -44,7 +47,13 @@ class FrontendState:
         if self._hidden_size is None and config.model_path is not None:
             self._hidden_size = hidden_size_from_model_path(config.model_path)
         self._hidden_lock = asyncio.Lock()
+        self.max_request_rows = config.max_request_rows
+        self.embed_bytes = Budget("embedding bytes", config.max_embed_bytes_in_flight, config.limit_wait_s,
+                                  "prompt_embeds")
+        self.streams = Budget("Triton streams", config.max_triton_streams, config.limit_wait_s)
         self._tokenizer: Any = None
+        # A fast tokenizer must not be used from two threads at once ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
 
     async def limits(self) -> PayloadLimits:
         """Payload limits; the hidden size is probed from the model once when not configured."""
@@ -59,50 +68,73 @@ class FrontendState:
         return PayloadLimits(hidden_size=self._hidden_size, max_rows=self.config.max_embed_rows,
                              allow_pickle=self.config.allow_pickle)
 
-    async def decode(self, payloads: Sequence[str], payload_format: str,
-                     parameters: Sequence[str]) -> list[torch.Tensor]:
-        """Decode and validate payloads in the worker pool (never on the event loop), in order."""
+    async def offload(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a CPU-bound call in the worker pool, never on the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(function, *args, **kwargs))
+
+    async def decode(self, payloads: Sequence[str], payload_format: str, parameters: Sequence[str], *,
+                     scope: dict | None = None, request_parameter: str = "prompt_embeds") -> list[torch.Tensor]:
+        """Decode and validate a request's payloads in the worker pool, in order, within the byte budget.
+
+        The payloads' size is taken from the per-process budget before anything is decoded, and held
+        until the HTTP exchange ends (with `scope`).
+        """
+        if not payloads:
+            return []
         if len(payloads) > self.config.max_embed_parts:
             raise APIError(400, f"{len(payloads)} prompt_embeds payloads exceed the limit of "
-                                f"{self.config.max_embed_parts}", "prompt_embeds")
+                                f"{self.config.max_embed_parts}", request_parameter)
         limits = await self.limits()
-        loop = asyncio.get_running_loop()
-        tensors = []
-        for payload, parameter in zip(payloads, parameters):
-            try:
-                tensors.append(await loop.run_in_executor(
-                    self.executor, lambda p=payload, n=parameter: decode_prompt_embeds(
-                        p, limits, payload_format=payload_format, parameter=n)))
-            except ValidationError as exc:
-                raise APIError(400, str(exc), exc.parameter) from None
-        return tensors
+        lease = await self.embed_bytes.take(payload_bytes(payloads), scope)
+        try:
+            return await self.offload(decode_request_embeds, payloads, limits, max_total_rows=self.max_request_rows,
+                                      payload_format=payload_format, parameters=parameters,
+                                      request_parameter=request_parameter)
+        except ValidationError as exc:
+            lease.release()
+            raise APIError(400, str(exc), exc.parameter) from None
+        except BaseException:
+            lease.release()
+            raise
 
-    def tokenizer(self) -> Any:
-        """The served model's tokenizer (only for token-id prompts), loaded on first use."""
-        if self.config.model_path is None:
-            raise APIError(400, "token-id prompts need the frontend started with --model-path; send text",
-                           "prompt")
+    async def open_streams(self, count: int, scope: dict) -> None:
+        """Take `count` Triton streams from the per-process budget until the HTTP exchange ends."""
+        await self.streams.take(count, scope)
+
+    def _load_tokenizer(self) -> Any:
+        """The served model's tokenizer (only for token-id prompts), loaded on first use; call with the lock."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.config.model_path)
         return self._tokenizer
 
-    def text_for_token_ids(self, ids: list[int]) -> str:
+    async def texts_for_token_ids(self, prompts: Sequence[list[int]], parameter: str = "prompt") -> list[str]:
+        """Token-id prompts -> their texts, decoded in the worker pool (tokenizing is not for the event loop)."""
+        if not prompts:
+            return []
+        if self.config.model_path is None:
+            raise APIError(400, "token-id prompts need the frontend started with --model-path; send text", parameter)
+        return await self.offload(lambda: [self.text_for_token_ids(ids, parameter) for ids in prompts])
+
+    def text_for_token_ids(self, ids: list[int], parameter: str = "prompt") -> str:
         """Token ids -> the text that tokenizes back to exactly these ids (BOS included), else 400.
 
         The Triton model takes text, not ids; an id list is accepted only when that is lossless.
+        Blocking: call it through texts_for_token_ids.
         """
-        tokenizer = self.tokenizer()
-        if any(i >= len(tokenizer) for i in ids):
-            raise APIError(400, "token id out of the vocabulary", "prompt")
-        text = tokenizer.decode(ids, skip_special_tokens=False)
-        prefix = tokenizer("", add_special_tokens=True)["input_ids"]
-        if prefix and ids[: len(prefix)] == prefix:
-            text = tokenizer.decode(ids[len(prefix):], skip_special_tokens=False)
-        if list(tokenizer(text, add_special_tokens=True)["input_ids"]) != list(ids):
-            raise APIError(400, "these token ids do not round-trip through the tokenizer (this server "
-                                "sends text to the model); send the prompt as text", "prompt")
+        with self._tokenizer_lock:
+            tokenizer = self._load_tokenizer()
+            if any(i >= len(tokenizer) for i in ids):
+                raise APIError(400, "token id out of the vocabulary", parameter)
+            text = tokenizer.decode(ids, skip_special_tokens=False)
+            prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+            if prefix and ids[: len(prefix)] == prefix:
+                text = tokenizer.decode(ids[len(prefix):], skip_special_tokens=False)
+            if list(tokenizer(text, add_special_tokens=True)["input_ids"]) != list(ids):
+                raise APIError(400, "these token ids do not round-trip through the tokenizer (this server "
+                                    "sends text to the model); send the prompt as text", parameter)
         return text
 
     def close(self) -> None:
@@ -169,6 +201,14 @@ async def until_disconnected(http_request: Request, work: Awaitable[T], on_disco
 _END = object()
 
 
+def merge_deltas(first: Delta, then: Delta) -> Delta:
+    """Two consecutive responses of one choice as one: text joined, counts added, the latest flags."""
+    return Delta(text=first.text + then.text, num_output_tokens=first.num_output_tokens + then.num_output_tokens,
+                 num_input_tokens=then.num_input_tokens if then.num_input_tokens is not None
+                 else first.num_input_tokens,
+                 finish_reason=then.finish_reason or first.finish_reason, final=first.final or then.final)
+
+
 class ChoiceStreams:
     """Several choices' delta streams merged into one (index, Delta) stream; start() surfaces early errors."""
 
@@ -201,16 +241,30 @@ class ChoiceStreams:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
             await self._queue.put((index, exc))
 
-    async def __aiter__(self) -> AsyncIterator[tuple[int, Delta]]:
+    async def batches(self) -> AsyncIterator[list[tuple[int, Delta]]]:
+        """Everything that has arrived since the last batch, one merged Delta per choice, in arrival order.
+
+        While the HTTP client keeps up a batch is one response; when it falls behind, the responses
+        queued meanwhile go out as one event per choice instead of one per engine step.
+        """
         running = len(self._tasks)
         while running:
-            index, item = await self._queue.get()
-            if item is _END:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            merged: dict[int, Delta] = {}
+            failure: BaseException | None = None
+            for index, item in items:
+                if item is _END:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    failure = failure or item
+                else:
+                    merged[index] = merge_deltas(merged[index], item) if index in merged else item
+            if merged:
+                yield list(merged.items())
+            if failure is not None:
+                raise failure
 
     async def close(self) -> None:
         """Cancel what still runs; closing each generator cancels its gRPC call."""
@@ -220,37 +274,31 @@ class ChoiceStreams:
                 await stream.aclose()
 
 
-def sse(data: dict[str, Any] | str) -> bytes:
-    """One Server-Sent Event line pair."""
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n".encode("utf-8")
-
-
 async def sse_stream(
     streams: ChoiceStreams,
-    render: Callable[[int, Delta], list[dict[str, Any]]],
-    finish: Callable[[], list[dict[str, Any]]],
+    render: Callable[[int, Delta], bytes],
+    finish: Callable[[], list[bytes]],
     state: FrontendState,
     endpoint: str,
     started: float,
 ) -> AsyncIterator[bytes]:
-    """Render merged deltas as SSE chunks, then `finish()` chunks and [DONE]; errors as an error event."""
+    """Render merged deltas as SSE events (one write per batch), then `finish()` and [DONE]; errors in-band."""
     first = True
     try:
-        async for index, delta in streams:
-            if first and delta.text:
+        async for batch in streams.batches():
+            if first and any(delta.text for _, delta in batch):
                 state.metrics.first_token.labels(endpoint).observe(time.perf_counter() - started)
                 first = False
-            for chunk in render(index, delta):
-                yield sse(chunk)
-        for chunk in finish():
-            yield sse(chunk)
+            yield b"".join([render(index, delta) for index, delta in batch])
+        tail = b"".join(finish())
+        if tail:
+            yield tail
     except (asyncio.CancelledError, GeneratorExit):
         state.metrics.disconnects.labels(endpoint).inc()
         raise
     except Exception as exc:  # noqa: BLE001 - the status is already sent: report in-band, as vLLM does
         error = to_api_error(exc) if not isinstance(exc, ServingError) else from_serving_error(exc)
-        yield sse(error.body())
+        yield sse.event(error.body())
     finally:
         await streams.close()
-    yield sse("[DONE]")
+    yield sse.DONE

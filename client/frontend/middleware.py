@@ -1,16 +1,22 @@
-"""ASGI middleware: the request-body cap (413) and Prometheus request metrics.
+"""ASGI middleware: the API key (401), the request-body cap (413) and Prometheus request metrics.
 
-Both are plain ASGI so they see streamed bodies and streamed responses: the body cap counts bytes
+All are plain ASGI so they see streamed bodies and streamed responses: the body cap counts bytes
 as they arrive (Content-Length can be absent or wrong), and a request's latency runs until the
 last byte of its response, also for Server-Sent Events.
+
+With several worker processes, metrics use prometheus_client's multiprocess mode (the
+PROMETHEUS_MULTIPROC_DIR the launcher sets): every worker writes its own files and /metrics, on
+whichever worker answers, adds them all up.
 """
 
 from __future__ import annotations
 
+import hmac
+import os
 import time
 from typing import Any, Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 from client.frontend.errors import APIError
 
@@ -24,11 +30,37 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ENDPOINTS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
 
 
-async def _send_error(send: Send, error: APIError) -> None:
+async def _send_error(send: Send, error: APIError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     response = error.response()
     await send({"type": "http.response.start", "status": response.status_code,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()]})
+                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()] + (headers or [])})
     await send({"type": "http.response.body", "body": response.body})
+
+
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # probes and scrapers need no key
+
+
+class APIKeyMiddleware:
+    """Answers 401 (OpenAI error JSON) unless `Authorization: Bearer <key>`; /health and /metrics stay open."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                given = value
+                break
+        if not hmac.compare_digest(given, self.expected):  # constant time: the key is not guessable by timing
+            await _send_error(send, APIError(401, "invalid or missing API key (Authorization: Bearer <key>)"),
+                              [(b"www-authenticate", b"Bearer")])
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -85,6 +117,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = Counter("frontend_requests_total", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("frontend_request_duration_seconds",
@@ -100,6 +133,14 @@ class Metrics:
         self.disconnects = Counter("frontend_client_disconnects_total",
                                  "Requests whose client left before the end (Triton request cancelled)",
                                  ["endpoint"], registry=self.registry)
+
+    def exposition(self) -> bytes:
+        """Prometheus text: this process's metrics, or all workers' added up in multiprocess mode."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 class MetricsMiddleware:

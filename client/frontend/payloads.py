@@ -9,8 +9,11 @@ Two wire formats, both base64 in JSON:
   parsed and checked here before the library reads the data.
 
 Either way the tensor's element count is checked against a cap before anything is computed over
-it (a stride-0 view can declare 10^12 elements in 2 KB), and the layout before anything else (a
-sparse tensor is never densified). The remaining checks are `backend.embeddings.validate_embeddings`.
+it, and the layout before anything else (a sparse tensor is never densified). A torch tensor's
+storage must hold its dense size: a stride-0 or overlapping view (a 2 KB payload can declare 10^12
+elements) is refused, so the dense tensor is never larger than the bytes sent. A request's
+payloads are all opened (bounded by their bytes) and their rows summed against the request cap
+before any of them is made dense. The remaining checks are `backend.embeddings.validate_embeddings`.
 Every failure is a ValidationError naming the parameter; texts are short and never echo the payload.
 """
 
@@ -24,7 +27,7 @@ import json
 import math
 import struct
 import zipfile
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
@@ -156,17 +159,30 @@ def _check_loaded(obj: object, limits: PayloadLimits, parameter: str) -> torch.T
         raise ValidationError(parameter, f"declares {obj.numel()} elements, over the limit of {limits.max_elements}")
     if obj.dtype.is_complex or not obj.dtype.is_floating_point:
         raise ValidationError(parameter, f"dtype {obj.dtype} not accepted; use float32, float16 or bfloat16")
+    # The storage is what was sent; a view that reads it more than once (a zero or overlapping
+    # stride) would become larger than the payload once made dense, so it is refused here.
+    if any(stride == 0 for stride, size in zip(obj.stride(), obj.shape) if size > 1):
+        raise ValidationError(parameter, "has a zero stride (an expanded view); send a dense tensor")
+    if obj.numel() * obj.element_size() > obj.untyped_storage().nbytes() - obj.storage_offset() * obj.element_size():
+        raise ValidationError(parameter, "is a view larger than its storage (overlapping strides); send a dense tensor")
     return obj.detach()
 
 
-def decode_prompt_embeds(
+def _rows(tensor: torch.Tensor) -> int:
+    """Rows a (rows, hidden) or (1, rows, hidden) tensor will give; other shapes are refused later."""
+    if tensor.dim() == 3 and tensor.shape[0] == 1:
+        return int(tensor.shape[1])
+    return int(tensor.shape[0]) if tensor.dim() >= 1 else 0
+
+
+def open_prompt_embeds(
     data: str | bytes,
     limits: PayloadLimits,
     *,
     payload_format: str = "torch",
     parameter: str = "prompt_embeds",
 ) -> torch.Tensor:
-    """One base64 payload -> a validated dense (num_tokens, hidden_size) tensor; ValidationError otherwise."""
+    """One base64 payload -> its tensor as sent (structure checked, nothing dense built yet)."""
     if payload_format not in FORMATS:
         raise ValidationError("prompt_embeds_format", f"must be one of {list(FORMATS)}")
     if payload_format == "torch" and not limits.allow_pickle:
@@ -177,8 +193,51 @@ def decode_prompt_embeds(
         obj = _load_torch(raw, parameter)
     else:
         obj = _load_safetensors(raw, limits, parameter)
-    tensor = _check_loaded(obj, limits, parameter)
+    return _check_loaded(obj, limits, parameter)
+
+
+def decode_prompt_embeds(
+    data: str | bytes,
+    limits: PayloadLimits,
+    *,
+    payload_format: str = "torch",
+    parameter: str = "prompt_embeds",
+) -> torch.Tensor:
+    """One base64 payload -> a validated dense (num_tokens, hidden_size) tensor; ValidationError otherwise."""
+    tensor = open_prompt_embeds(data, limits, payload_format=payload_format, parameter=parameter)
     return validate_embeddings(tensor, hidden_size=limits.hidden_size, max_rows=limits.max_rows, parameter=parameter)
+
+
+def decode_request_embeds(
+    payloads: Sequence[str | bytes],
+    limits: PayloadLimits,
+    *,
+    max_total_rows: int,
+    payload_format: str = "torch",
+    parameters: Sequence[str] | None = None,
+    request_parameter: str = "prompt_embeds",
+) -> list[torch.Tensor]:
+    """A request's payloads -> validated dense tensors, in order; their rows together at most `max_total_rows`.
+
+    Every payload is opened first (memory bounded by its bytes) and the rows summed, so a request
+    of many parts over the cap is refused before any of them is made dense.
+    """
+    names = list(parameters) if parameters is not None else ["prompt_embeds"] * len(payloads)
+    opened, total = [], 0
+    for data, name in zip(payloads, names):
+        tensor = open_prompt_embeds(data, limits, payload_format=payload_format, parameter=name)
+        total += _rows(tensor)
+        if total > max_total_rows:
+            raise ValidationError(request_parameter, f"the request's embedding rows ({total} so far) exceed "
+                                                     f"the model's context of {max_total_rows}")
+        opened.append((tensor, name))
+    return [validate_embeddings(t, hidden_size=limits.hidden_size, max_rows=limits.max_rows, parameter=n)
+            for t, n in opened]
+
+
+def payload_bytes(payloads: Sequence[str | bytes]) -> int:
+    """What a request's payloads can decode to at most (their raw size), known before decoding any."""
+    return sum(len(p) * 3 // 4 for p in payloads)
 
 
 def encode_prompt_embeds(tensor: torch.Tensor, payload_format: str = "torch") -> str:

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Protocol
 
 import grpc
 import httpx
+import ml_dtypes
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
@@ -63,15 +64,22 @@ class GenerationClient(Protocol):
         """True when the server and the model can take requests."""
 
 
+# Only the outputs the frontend reads (no output_token_ids): the model builds no other tensor.
+RETURNS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
+
+
 def _embeds_array(embeds: torch.Tensor) -> np.ndarray:
-    """fp16 stays fp16 (prompt_embeds_fp16); everything else goes as fp32 (bf16 -> fp32 is exact)."""
-    if embeds.dtype == torch.float16:
-        return embeds.contiguous().numpy()
-    return embeds.to(torch.float32).contiguous().numpy()
+    """The tensor as numpy in its own precision: fp16 and bf16 are sent as they came, never widened."""
+    embeds = embeds.contiguous()
+    if embeds.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits (no copy)
+        return embeds.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    if embeds.dtype in (torch.float16, torch.float32):
+        return embeds.numpy()
+    return embeds.to(torch.float32).numpy()
 
 
 def triton_inputs(request: TritonRequest) -> list[Any]:
-    """The request as tritonclient InferInputs (every count returned, the input never echoed)."""
+    """The request as tritonclient InferInputs (only the outputs read here asked for, the input never echoed)."""
     return build_inputs(
         grpcclient,
         text=request.text,
@@ -81,12 +89,52 @@ def triton_inputs(request: TritonRequest) -> list[Any]:
         stream=request.stream,
         sampling=request.sampling,
         exclude_input_in_output=True,
-        return_all=True,
+        returns=RETURNS,
     )
 
 
+def _bytes_elements(raw: bytes) -> list[bytes]:
+    """A serialized BYTES tensor (4-byte little-endian length, then the bytes, per element) -> its elements."""
+    if len(raw) >= 4 and int.from_bytes(raw[:4], "little") == len(raw) - 4:
+        return [raw[4:]]  # the usual case: one element
+    out, offset = [], 0
+    while offset + 4 <= len(raw):
+        length = int.from_bytes(raw[offset:offset + 4], "little")
+        out.append(raw[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return out
+
+
 def read_delta(result: Any) -> Delta:
-    """One InferResult -> Delta; `final` from the response parameter, else from a finish reason."""
+    """One InferResult -> Delta, read straight from the protobuf (no numpy object arrays per token).
+
+    `final` from the response parameter, else from a finish reason. The counts and the finish
+    reason may come on every response or only on the final one: each is read where present.
+    """
+    response = result.get_response()
+    if len(response.raw_output_contents) != len(response.outputs):
+        return _read_delta_typed(result)
+    text, reason, n_in, n_out = "", "", None, 0
+    for output, raw in zip(response.outputs, response.raw_output_contents):
+        name = output.name
+        if name == "text_output":
+            text = b"".join(_bytes_elements(raw)).decode("utf-8", errors="replace")
+        elif name == "finish_reason":
+            elements = _bytes_elements(raw)
+            reason = elements[0].decode("utf-8", errors="replace") if elements else ""
+        elif name == "num_output_tokens" and len(raw) >= 4:
+            n_out = int.from_bytes(raw[:4], "little")
+        elif name == "num_input_tokens" and len(raw) >= 4:
+            n_in = int.from_bytes(raw[:4], "little")
+    parameters = response.parameters
+    final = bool(reason)
+    if "triton_final_response" in parameters:
+        final = final or parameters["triton_final_response"].bool_param
+    return Delta(text=text, num_output_tokens=n_out, num_input_tokens=n_in, finish_reason=reason or None, final=final)
+
+
+def _read_delta_typed(result: Any) -> Delta:
+    """read_delta for a response whose outputs are not all raw bytes (tritonclient's own decoding)."""
     text_array = result.as_numpy("text_output")
     text = b"".join(text_array.reshape(-1)).decode("utf-8", errors="replace") if text_array is not None else ""
     reason_array = result.as_numpy("finish_reason")
@@ -94,16 +142,10 @@ def read_delta(result: Any) -> Delta:
     n_in = result.as_numpy("num_input_tokens")
     n_out = result.as_numpy("num_output_tokens")
     parameters = result.get_response().parameters
-    final = bool(reason)
-    if "triton_final_response" in parameters:
-        final = final or parameters["triton_final_response"].bool_param
-    return Delta(
-        text=text,
-        num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None and n_out.size else 0,
-        num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None and n_in.size else None,
-        finish_reason=reason or None,
-        final=final,
-    )
+    final = bool(reason) or ("triton_final_response" in parameters and parameters["triton_final_response"].bool_param)
+    return Delta(text=text, num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None and n_out.size else 0,
+                 num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None and n_in.size else None,
+                 finish_reason=reason or None, final=final)
 
 
 _HIDDEN_RE = re.compile(r"hidden size 1 does not match the model's (\d+)")

@@ -119,10 +119,15 @@ def test_completion_mixed_prompts_and_embeds(client: openai.OpenAI, tiny) -> Non
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_completion_half_precision_payloads(client: openai.OpenAI, tiny, dtype: torch.dtype) -> None:
+    """fp16/bf16 go to Triton as prompt_embeds_fp16/_bf16 (not widened): same text as the same values in fp32."""
     rows = torch.from_numpy(tiny.embed(tiny.ids("Hello", special=True))).to(dtype)
-    response = client.completions.create(model="tiny", prompt=None, extra_body={"prompt_embeds": encode(rows)},
-                                         **GREEDY)
-    assert response.choices[0].finish_reason == "length" and response.usage.completion_tokens == 8
+    texts = []
+    for payload in (rows, rows.float()):
+        response = client.completions.create(model="tiny", prompt=None, extra_body={"prompt_embeds": encode(payload)},
+                                             **GREEDY)
+        assert response.choices[0].finish_reason == "length" and response.usage.completion_tokens == 8
+        texts.append(response.choices[0].text)
+    assert texts[0] == texts[1]
 
 
 def test_completion_safetensors_payload(client: openai.OpenAI, tiny) -> None:
@@ -312,6 +317,39 @@ def test_bad_requests_are_400_with_param(http: httpx.Client, body: dict, param: 
         assert response.json()["error"]["param"] == param
 
 
+# -- several worker processes ---------------------------------------------------------------------
+
+
+def _requests_total(metrics: str, endpoint: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("frontend_requests_total{") and f'endpoint="{endpoint}"' in line)
+
+
+def test_workers_share_the_port_add_up_metrics_and_stop_together(triton, tmp_path) -> None:
+    import os
+    import signal
+
+    import psutil
+
+    server = FrontendServer(triton.grpc_url, tmp_path / "frontend.log", "--model-name", "tiny", "--workers", "2")
+    try:
+        workers = psutil.Process(server.proc.pid).children(recursive=True)
+        assert len(workers) >= 2, workers  # the two workers (and uvicorn's resource tracker, if any)
+        with httpx.Client(base_url=server.url, timeout=120) as session:
+            texts = {session.post("/v1/completions", json={"prompt": "Hello", **GREEDY}).json()["choices"][0]["text"]
+                     for _ in range(6)}
+            assert len(texts) == 1  # every worker gives the same greedy text
+            # Whichever worker answers /metrics reports all workers' requests.
+            counts = {_requests_total(session.get("/metrics").text, "/v1/completions") for _ in range(4)}
+        assert counts == {6.0}
+        os.kill(server.proc.pid, signal.SIGTERM)  # the supervisor only, as a process manager would
+        server.proc.wait(30)
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"workers left running: {[p.pid for p in alive]}"
+    finally:
+        server.stop()
+
+
 # -- cancellation ---------------------------------------------------------------------------------
 
 
@@ -342,3 +380,4 @@ def test_client_disconnect_cancels_triton_request(frontend, triton) -> None:
     with httpx.Client(base_url=frontend.url, timeout=1.5) as session, pytest.raises(httpx.ReadTimeout):
         session.post("/v1/completions", json=long)
     assert _wait_for(lambda: _cancelled_count(triton) >= before + 2), "non-streaming request not cancelled"
+

@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+from pathlib import Path
 from typing import Any, AsyncIterator
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from transformers import AutoTokenizer
 
 from client.frontend.app import create_app
-from client.frontend.config import FrontendConfig
+from client.frontend.config import FrontendConfig, from_json, parse_args, to_json
 from client.frontend.errors import APIError
+from client.frontend.generation import ChoiceStreams, FrontendState
+from client.frontend.limits import Budget
+from client.frontend.schemas import chat_body, completion_body
+from client.frontend.sse import ChunkFormat
 from client.frontend.payloads import encode_prompt_embeds
-from client.frontend.triton_client import Delta, TritonRequest, engine_healthy_gauge
+from client.frontend.triton_client import (
+    RETURNS,
+    Delta,
+    TritonRequest,
+    _read_delta_typed,
+    engine_healthy_gauge,
+    read_delta,
+    triton_inputs,
+)
 
 HIDDEN = 8
+TINY_MODEL = Path(__file__).resolve().parents[2] / "build" / "tiny-model"
 
 
 class FakeClient:
@@ -174,3 +192,265 @@ def test_engine_health_is_read_from_the_model_gauge() -> None:
 def test_metrics_url_defaults_to_tritons_metrics_port(value, url) -> None:
     config = FrontendConfig(triton_url="triton.local:8001", triton_metrics_url=value).check()
     assert config.metrics_url == url
+
+
+# -- closed by default: bind address and API key ------------------------------------------------
+
+
+def test_cli_binds_loopback_by_default_and_takes_the_key_from_vllm_env(monkeypatch) -> None:
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    config = parse_args([])
+    assert config.host == "127.0.0.1" and config.api_key is None and config.workers >= 1
+    assert parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    assert parse_args([]).api_key == "from-env"
+    assert parse_args(["--api-key", "given"]).api_key == "given"
+
+
+def test_config_survives_the_trip_to_worker_processes() -> None:
+    config = parse_args(["--api-key", "k", "--model-path", str(TINY_MODEL), "--workers", "3"])
+    assert from_json(to_json(config)) == config
+
+
+def test_api_key_is_required_except_for_health_and_metrics() -> None:
+    client, fake = make_client(api_key="sekrit")
+    with client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekrit"}):
+            response = client.post("/v1/completions", json={"prompt": "x"}, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"] == {"message": "invalid or missing API key (Authorization: Bearer <key>)",
+                                                "type": "AuthenticationError", "param": None, "code": 401}
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert client.get("/v1/models").status_code == 401
+        assert fake.requests == []
+        good = {"Authorization": "Bearer sekrit"}
+        assert client.post("/v1/completions", json={"prompt": "x"}, headers=good).status_code == 200
+        assert client.get("/v1/models", headers=good).status_code == 200
+        assert client.get("/health").status_code == 200
+        assert 'status="401"' in client.get("/metrics").text
+
+
+# -- bounded work per request and per process ----------------------------------------------------
+
+
+def test_prompts_per_request_are_capped() -> None:
+    client, fake = make_client(max_prompts=2)
+    with client:
+        response = client.post("/v1/completions", json={"prompt": ["a", "b", "c"]})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+        assert client.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 200
+    assert len(fake.requests) == 2
+
+
+def test_request_rows_over_the_context_are_refused() -> None:
+    client, fake = make_client(max_model_len=6)
+    part = {"type": "prompt_embeds", "data": encode_prompt_embeds(torch.randn(4, HIDDEN))}
+    with client:
+        response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [part, part]}]})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "messages" and "context of 6" in response.json()["error"]["message"]
+        state = client.app.state.frontend
+        assert state.embed_bytes.used == 0  # what the refused request took is back
+    assert fake.requests == []
+
+
+def safetensors_rows(rows: int) -> str:
+    return encode_prompt_embeds(torch.randn(rows, HIDDEN), "safetensors")
+
+
+def test_embedding_bytes_budget_waits_then_429_and_is_given_back() -> None:
+    client, fake = make_client(max_embed_bytes_in_flight=4000, limit_wait_s=0.2)
+    body = {"prompt_embeds": safetensors_rows(2), "prompt_embeds_format": "safetensors"}
+    with client:
+        budget = client.app.state.frontend.embed_bytes
+        too_big = client.post("/v1/completions", json={**body, "prompt_embeds": safetensors_rows(200)})
+        assert too_big.status_code == 413 and too_big.json()["error"]["param"] == "prompt_embeds"
+        held = client.portal.call(budget.take, 3900)
+        busy = client.post("/v1/completions", json=body)
+        assert busy.status_code == 429 and busy.json()["error"]["type"] == "RateLimitError"
+        client.portal.call(held.release)
+        assert client.post("/v1/completions", json=body).status_code == 200
+        assert sse(client.post("/v1/completions", json={**body, "stream": True}))[-1] == "[DONE]"
+        assert budget.used == 0 and client.app.state.frontend.streams.used == 0
+    assert len(fake.requests) == 2
+
+
+def test_triton_streams_budget() -> None:
+    client, fake = make_client(max_triton_streams=2, limit_wait_s=0)
+    with client:
+        assert client.post("/v1/completions", json={"prompt": ["a", "b", "c"]}).status_code == 413
+        held = client.portal.call(client.app.state.frontend.streams.take, 1)
+        assert client.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 429
+        client.portal.call(held.release)
+        assert client.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 200
+        assert client.app.state.frontend.streams.used == 0
+
+
+def test_budget_waiter_gets_what_is_released() -> None:
+    async def scenario() -> list[str]:
+        budget = Budget("units", 10, wait_s=5)
+        first = await budget.take(8)
+        events = []
+
+        async def second() -> None:
+            lease = await budget.take(5)
+            events.append("second")
+            lease.release()
+
+        task = asyncio.create_task(second())
+        await asyncio.sleep(0.05)
+        events.append("release")
+        first.release()
+        first.release()  # idempotent
+        await task
+        events.append(f"used={budget.used}")
+        return events
+
+    assert asyncio.run(scenario()) == ["release", "second", "used=0"]
+
+
+# -- bad text is a 400 naming the field; token ids are decoded off the event loop ----------------
+
+
+@pytest.mark.parametrize("endpoint, body, param", [
+    ("/v1/completions", {"prompt": "a\ud800b"}, "prompt"),
+    ("/v1/completions", {"prompt": ["ok", "\udc00"]}, "prompt[1]"),
+    ("/v1/completions", {"prompt": "x", "stop": ["ok", "\ud800"]}, "stop[1]"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"\ud800": 1}}, "logit_bias"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+     "messages[0].content[0].text"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "name": "\udfff"}]}, "messages[0].name"),
+], ids=["prompt", "prompt_list", "stop", "logit_bias_key", "chat_content", "chat_part", "chat_name"])
+def test_lone_surrogates_are_400_naming_the_field(api, endpoint: str, body: dict, param: str) -> None:
+    client, fake = api
+    response = client.post(endpoint, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert fake.requests == []
+
+
+def test_token_id_prompts_are_decoded_in_the_pool(monkeypatch) -> None:
+    threads = []
+    original = FrontendState.text_for_token_ids
+
+    def recording(self, ids, parameter="prompt"):
+        threads.append(threading.current_thread().name)
+        return original(self, ids, parameter)
+
+    monkeypatch.setattr(FrontendState, "text_for_token_ids", recording)
+    client, fake = make_client(model_path=TINY_MODEL)
+    ids = AutoTokenizer.from_pretrained(TINY_MODEL)("Hello there", add_special_tokens=True)["input_ids"]
+    with client:
+        response = client.post("/v1/completions", json={"prompt": [ids, [10**30]]})
+        assert response.status_code == 400 and "vocabulary" in response.json()["error"]["message"]
+        assert client.post("/v1/completions", json={"prompt": ids}).status_code == 200
+    assert fake.requests[-1].text == "Hello there"
+    assert threads and all(name.startswith("embeds-decode") for name in threads)
+
+
+# -- the Triton boundary: what is sent and how responses are read --------------------------------
+
+
+def _infer_result(outputs: dict[str, np.ndarray], final: bool | None = None) -> Any:
+    """A tritonclient InferResult as Triton's gRPC stream delivers it (raw output contents)."""
+    from tritonclient.grpc import InferResult, service_pb2
+    from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
+
+    response = service_pb2.ModelInferResponse(model_name="vllm_model")
+    for name, array in outputs.items():
+        tensor = response.outputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=list(array.shape))
+        raw = serialize_byte_tensor(array).item() if array.dtype == np.object_ else array.tobytes()
+        response.raw_output_contents.append(raw)
+    if final is not None:
+        response.parameters["triton_final_response"].bool_param = final
+    return InferResult(response)
+
+
+@pytest.mark.parametrize("outputs, expected", [
+    ({"text_output": np.array(["é!".encode()], dtype=np.object_),
+      "num_output_tokens": np.array([2], dtype=np.uint32)},
+     Delta("é!", 2, None, None, False)),
+    ({"text_output": np.array([b""], dtype=np.object_), "finish_reason": np.array([b"length"], dtype=np.object_),
+      "num_input_tokens": np.array([70000], dtype=np.uint32), "num_output_tokens": np.array([0], dtype=np.uint32)},
+     Delta("", 0, 70000, "length", True)),
+    ({"text_output": np.array([b"ab"], dtype=np.object_), "finish_reason": np.array([b""], dtype=np.object_)},
+     Delta("ab", 0, None, None, False)),
+], ids=["step", "final_with_counts", "empty_reason"])
+def test_read_delta_from_raw_outputs(outputs: dict, expected: Delta) -> None:
+    result = _infer_result(outputs)
+    assert read_delta(result) == expected
+    assert _read_delta_typed(result) == expected  # the fallback reads the same
+
+
+def test_final_flag_without_outputs() -> None:
+    assert read_delta(_infer_result({}, final=True)) == Delta("", 0, None, None, True)
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float32, "prompt_embeds"), (torch.float16, "prompt_embeds_fp16"),
+                                         (torch.bfloat16, "prompt_embeds_bf16")], ids=str)
+def test_embeddings_go_to_triton_in_their_own_precision(dtype: torch.dtype, name: str) -> None:
+    embeds = torch.randn(3, HIDDEN).to(dtype)
+    inputs = {i.name(): i for i in triton_inputs(TritonRequest({"max_tokens": 2}, embeds=embeds))}
+    tensor = inputs[name]
+    assert tensor.shape() == [3, HIDDEN]
+    assert torch.equal(torch.frombuffer(bytearray(tensor._raw_content), dtype=dtype).view(3, HIDDEN), embeds)
+    # Only the outputs the frontend reads are asked for.
+    assert sorted(n for n in inputs if n.startswith("return_")) == sorted(RETURNS)
+
+
+# -- per token: coalescing under backlog, preformatted chunks --------------------------------------
+
+
+class BurstClient(FakeClient):
+    """Every response of a choice is ready at once (the HTTP client is behind the engine)."""
+
+    async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        for i, piece in enumerate("hello"):
+            yield Delta(text=piece, num_output_tokens=1, num_input_tokens=7 if i == 4 else None,
+                        finish_reason="length" if i == 4 else None, final=i == 4)
+
+
+def test_queued_responses_go_out_as_one_delta_per_choice() -> None:
+    async def scenario() -> list[list[tuple[int, Delta]]]:
+        streams = ChoiceStreams(BurstClient(), [TritonRequest({}, text="a"), TritonRequest({}, text="b")])
+        await streams.start()
+        await asyncio.sleep(0.01)  # both pumps run ahead of the consumer
+        batches = [batch async for batch in streams.batches()]
+        await streams.close()
+        return batches
+
+    (batch,) = asyncio.run(scenario())
+    assert sorted(batch, key=lambda item: item[0]) == [(i, Delta("hello", 5, 7, "length", True)) for i in (0, 1)]
+
+
+class PacedClient(FakeClient):
+    """Responses 10 ms apart (an engine step), slower than the consumer."""
+
+    async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        for i, piece in enumerate("hello"):
+            await asyncio.sleep(0.01)
+            yield Delta(text=piece, num_output_tokens=1, num_input_tokens=None, finish_reason=None, final=i == 4)
+
+
+def test_a_consumer_that_keeps_up_gets_every_response() -> None:
+    async def scenario() -> list[str]:
+        streams = ChoiceStreams(PacedClient(), [TritonRequest({}, text="a")])
+        await streams.start()
+        return [delta.text async for batch in streams.batches() for _, delta in batch]
+
+    assert asyncio.run(scenario()) == list("hello")
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+@pytest.mark.parametrize("text, reason", [("a\"b\n\u2028é", None), ("", "stop"), ("x", "length")])
+def test_preformatted_chunks_equal_the_json_bodies(chat: bool, text: str, reason: str | None) -> None:
+    raw = ChunkFormat("id-1", "m\"odel", 123, chat=chat).chunk(2, text, reason)
+    assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+    if chat:
+        choice = {"index": 2, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": reason}
+        expected = chat_body("id-1", "m\"odel", [choice], chunk=True, created=123)
+    else:
+        choice = {"index": 2, "text": text, "logprobs": None, "finish_reason": reason, "stop_reason": None}
+        expected = completion_body("id-1", "m\"odel", [choice], chunk=True, created=123)
+    assert json.loads(raw[6:]) == expected

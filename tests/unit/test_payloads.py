@@ -15,7 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.errors import ValidationError
-from client.frontend.payloads import PayloadLimits, decode_prompt_embeds, encode_prompt_embeds
+from client.frontend import payloads
+from client.frontend.payloads import (
+    PayloadLimits,
+    decode_prompt_embeds,
+    decode_request_embeds,
+    encode_prompt_embeds,
+    payload_bytes,
+)
 
 HIDDEN = 8
 LIMITS = PayloadLimits(hidden_size=HIDDEN, max_rows=64)
@@ -71,6 +78,12 @@ def test_non_contiguous_view_decodes_dense() -> None:
     assert decoded.is_contiguous() and torch.equal(decoded, tensor)
 
 
+def test_slice_of_a_larger_storage_decodes_to_the_slice() -> None:
+    base = torch.randn(10, HIDDEN)
+    decoded = decode_prompt_embeds(b64(saved(base[2:5])), LIMITS)  # torch.save keeps the whole storage
+    assert torch.equal(decoded, base[2:5])
+
+
 # -- bad payloads: (name, payload text, expected words in the message) -------------------------
 
 
@@ -81,6 +94,10 @@ def _bad_torch_payloads() -> list[tuple[str, str, str]]:
         ("sparse_csr", b64(saved(torch.eye(HIDDEN).to_sparse_csr())), "dense"),
         # 2 KB that declare 10^12 elements (stride 0); densifying would need 4 TB.
         ("shape_bomb", b64(saved(torch.ones(1, HIDDEN).expand(10**11, HIDDEN))), "elements"),
+        # Within the element cap but amplifying: made dense, each would be larger than the bytes sent.
+        ("stride_0_rows", b64(saved(torch.zeros(1, HIDDEN).expand(60, HIDDEN))), "zero stride"),
+        ("stride_0_batch", b64(saved(torch.zeros(1, 1, HIDDEN).expand(1, 60, HIDDEN))), "zero stride"),
+        ("overlapping_strides", b64(saved(torch.randn(HIDDEN + 9).as_strided((10, HIDDEN), (1, 1)))), "overlapping"),
         ("not_a_tensor_dict", b64(saved({"a": torch.ones(2, HIDDEN)})), "expected a tensor"),
         ("not_a_tensor_list", b64(saved([1, 2, 3])), "expected a tensor"),
         ("truncated", b64(good[: len(good) // 2]), "archive"),
@@ -116,6 +133,33 @@ def test_bad_torch_payloads_are_validation_errors(name: str, payload: str, words
     assert words.lower() in info.value.message.lower(), info.value.message
     assert len(str(info.value)) < 200 and payload[:40] not in str(info.value) or not payload
     assert time.perf_counter() - start < 2.0  # bounded cost: nothing proportional to a declared shape
+
+
+def test_request_rows_are_capped_before_anything_dense(monkeypatch) -> None:
+    """Many parts, each within the per-payload cap, over the request's cap together: refused before densifying."""
+    densified = []
+    monkeypatch.setattr(payloads, "validate_embeddings", lambda t, **kw: densified.append(t) or t)
+    parts = [encode_prompt_embeds(torch.randn(30, HIDDEN)) for _ in range(3)]
+    with pytest.raises(ValidationError) as info:
+        decode_request_embeds(parts, LIMITS, max_total_rows=64, request_parameter="messages")
+    assert info.value.parameter == "messages" and "context of 64" in info.value.message
+    assert densified == []
+    assert len(decode_request_embeds(parts[:2], LIMITS, max_total_rows=64)) == 2
+
+
+def test_request_decode_names_the_bad_part() -> None:
+    parts = [encode_prompt_embeds(torch.randn(2, HIDDEN)), encode_prompt_embeds(torch.randn(2, HIDDEN + 1))]
+    with pytest.raises(ValidationError) as info:
+        decode_request_embeds(parts, LIMITS, max_total_rows=64, parameters=["p[0]", "p[1]"])
+    assert info.value.parameter == "p[1]"
+
+
+def test_payload_bytes_bound_the_dense_size() -> None:
+    """What the byte budget reserves before decoding is at least what the decoded tensors hold."""
+    tensors = [torch.randn(n, HIDDEN).to(dtype) for n, dtype in ((40, torch.float32), (3, torch.bfloat16))]
+    encoded = [encode_prompt_embeds(t) for t in tensors]
+    dense = sum(t.numel() * t.element_size() for t in decode_request_embeds(encoded, LIMITS, max_total_rows=64))
+    assert dense <= payload_bytes(encoded)
 
 
 def test_zip_declaring_more_than_it_holds() -> None:

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from client.frontend import sse
 from client.frontend.errors import APIError
 from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
-from client.frontend.routes.common import check_model, count_tokens, frontend_state
+from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state
 from client.frontend.schemas import ChatCompletionRequest, chat_body, new_id, usage
 from client.frontend.triton_client import Delta, TritonRequest
 
@@ -60,13 +61,17 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     """OpenAI Chat Completions with vLLM's prompt_embeds content parts."""
     started = time.perf_counter()
     state = frontend_state(request)
+    check_unicode(body)  # first: later errors may quote a field (the model name)
     check_model(body.model, state)
     if body.logprobs or body.top_logprobs is not None:
         raise APIError(400, "logprobs is not supported by this server", "logprobs")
     messages, payloads, where = split_messages(body)
-    tensors = await state.decode(payloads, body.prompt_embeds_format, where)
+    await state.open_streams(1, request.scope)
+    tensors = await state.decode(payloads, body.prompt_embeds_format, where, scope=request.scope,
+                                 request_parameter="messages")
+    embeds = await state.offload(concatenate, tensors) if len(tensors) > 1 else concatenate(tensors)
     job = TritonRequest(body.to_sampling_params(), stream=bool(body.stream), messages=messages,
-                        embeds=concatenate(tensors), lengths=[int(t.shape[0]) for t in tensors] or None)
+                        embeds=embeds, lengths=[int(t.shape[0]) for t in tensors] or None)
     request_id, model, created = new_id("chatcmpl"), state.config.served_name, int(time.time())
 
     if not body.stream:
@@ -75,36 +80,36 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         count_tokens(state, ENDPOINT, result.prompt_tokens, result.completion_tokens)
         choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                   "finish_reason": result.finish_reason, "stop_reason": None}
-        return chat_body(request_id, model, [choice], chunk=False, created=created,
-                         usage_info=usage(result.prompt_tokens, result.completion_tokens))
+        return Response(sse.json_bytes(chat_body(request_id, model, [choice], chunk=False, created=created,
+                                                 usage_info=usage(result.prompt_tokens, result.completion_tokens))),
+                        media_type="application/json")
 
     streams = ChoiceStreams(state.client, [job])
     await streams.start()
     totals = {"prompt": 0, "completion": 0}
     role_sent = []
+    chunks = sse.ChunkFormat(request_id, model, created, chat=True)
 
-    def render(index: int, delta: Delta) -> list[dict[str, Any]]:
-        chunks = []
+    def render(index: int, delta: Delta) -> bytes:
+        out = b""
         if not role_sent:
             # The first chunk names the role, as OpenAI's and vLLM's streams do.
-            chunks.append(chat_body(request_id, model, [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                         "logprobs": None, "finish_reason": None}],
-                                    chunk=True, created=created))
+            out = sse.event(chat_body(request_id, model, [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                           "logprobs": None, "finish_reason": None}],
+                                      chunk=True, created=created))
             role_sent.append(True)
         totals["prompt"] = delta.num_input_tokens or totals["prompt"]
         totals["completion"] += delta.num_output_tokens
         if delta.text or delta.finish_reason:
-            choice = {"index": 0, "delta": {"content": delta.text} if delta.text else {}, "logprobs": None,
-                      "finish_reason": delta.finish_reason}
-            chunks.append(chat_body(request_id, model, [choice], chunk=True, created=created))
-        return chunks
+            out += chunks.chunk(0, delta.text, delta.finish_reason)
+        return out
 
-    def finish() -> list[dict[str, Any]]:
+    def finish() -> list[bytes]:
         count_tokens(state, ENDPOINT, totals["prompt"], totals["completion"])
         if not body.include_usage:
             return []
-        return [chat_body(request_id, model, [], chunk=True, created=created,
-                          usage_info=usage(totals["prompt"], totals["completion"]))]
+        return [sse.event(chat_body(request_id, model, [], chunk=True, created=created,
+                                    usage_info=usage(totals["prompt"], totals["completion"])))]
 
     return StreamingResponse(sse_stream(streams, render, finish, state, ENDPOINT, started),
                              media_type="text/event-stream")

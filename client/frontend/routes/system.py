@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from client.frontend.errors import APIError
 from client.frontend.routes.common import frontend_state
@@ -33,5 +33,5 @@ async def health(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text format: request counts, latencies, token counts."""
-    return Response(generate_latest(frontend_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format: request counts, latencies, token counts (all workers together)."""
+    return Response(frontend_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
