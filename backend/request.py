@@ -6,7 +6,6 @@ prompt-embedding inputs are added. Every failure is a ValidationError naming the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any, Mapping
 
@@ -18,7 +17,8 @@ from vllm.exceptions import VLLMValidationError
 from backend.config import ServingConfig
 from backend.embeddings import split_parts, validate_embeddings
 from backend.errors import ValidationError
-from backend.prompt import EnginePrompt, PromptBuilder
+from backend.prompt import PromptBuilder
+from backend.types import GenerationRequest  # defined with the other shared types; imported here for callers
 
 # One name per wire dtype: Triton fixes an input's datatype in config.pbtxt.
 EMBEDDING_INPUTS = ("prompt_embeds", "prompt_embeds_fp16", "prompt_embeds_bf16")
@@ -32,19 +32,6 @@ SAMPLING_FIELDS = frozenset({
     "spaces_between_special_tokens", "presence_penalty", "frequency_penalty",
     "repetition_penalty", "bad_words", "logit_bias",
 })
-
-@dataclasses.dataclass
-class GenerationRequest:
-    """Everything the engine driver needs for one request; no Triton types inside."""
-
-    prompt: EnginePrompt
-    sampling: SamplingParams
-    stream: bool = False
-    exclude_input_in_output: bool = True
-    return_finish_reason: bool = False
-    return_num_input_tokens: bool = False
-    return_num_output_tokens: bool = False
-    return_output_token_ids: bool = False
 
 
 def _scalar_bool(inputs: Mapping[str, Any], name: str, default: bool) -> bool:
