@@ -27,6 +27,10 @@ class ServingConfig:
     max_queued_prompt_tokens: int = 1 << 20  # admission control: prompt tokens of those requests
     cancel_poll_interval_s: float = 0.05  # how often cancelled requests are looked for
     shutdown_grace_s: float = 10.0  # in-flight requests run this long once the server stops
+    # With requests in flight and no engine output for this long, the engine is replaced (0: never).
+    # Far above any step: a long prefill of a context-sized prompt on a slow CPU takes seconds.
+    engine_stall_timeout_s: float = 120.0
+    response_sender_threads: int = 1  # threads that send responses to Triton (requests sharded over them)
     # Triton's readiness URL, polled to notice a shutdown: "auto" (from tritonserver's options), "off", or a URL
     server_ready_url: str = "auto"
     report_custom_metrics: bool = True
@@ -65,6 +69,10 @@ def parse_serving_config(parameters: Mapping[str, str]) -> ServingConfig:
             raise ConfigError(f"parameter {name!r} must be >= 1")
     if config.cancel_poll_interval_s <= 0 or config.shutdown_grace_s < 0:
         raise ConfigError("parameters 'cancel_poll_interval_s' > 0 and 'shutdown_grace_s' >= 0 required")
+    if not 0 <= config.engine_stall_timeout_s < float("inf"):
+        raise ConfigError("parameter 'engine_stall_timeout_s' must be >= 0 seconds (0: off)")
+    if not 1 <= config.response_sender_threads <= 16:
+        raise ConfigError("parameter 'response_sender_threads' must be 1..16")
     url = config.server_ready_url.strip()
     if url not in ("auto", "off") and not url.startswith(("http://", "https://")):
         raise ConfigError(f"parameter 'server_ready_url': 'auto', 'off' or an http(s) URL, got {url!r}")

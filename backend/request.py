@@ -6,38 +6,24 @@ prompt-embedding inputs are added. Every failure is a ValidationError naming the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-from vllm import SamplingParams
 
 from backend.config import ServingConfig
 from backend.embeddings import split_parts, validate_embeddings
 from backend.errors import ValidationError
-from backend.prompt import EnginePrompt, PromptBuilder
+from backend.prompt import PromptBuilder
 from backend.sampling import parse_sampling_params
+from backend.types import GenerationRequest  # defined with the other shared types; imported here for callers
 
 # One name per wire dtype: Triton fixes an input's datatype in config.pbtxt.
 EMBEDDING_INPUTS = ("prompt_embeds", "prompt_embeds_fp16", "prompt_embeds_bf16")
 RETURN_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
                 "return_output_token_ids")
 
-
-@dataclasses.dataclass
-class GenerationRequest:
-    """Everything the engine driver needs for one request; no Triton types inside."""
-
-    prompt: EnginePrompt
-    sampling: SamplingParams
-    stream: bool = False
-    exclude_input_in_output: bool = True
-    return_finish_reason: bool = False
-    return_num_input_tokens: bool = False
-    return_num_output_tokens: bool = False
-    return_output_token_ids: bool = False
 
 
 def _scalar_bool(inputs: Mapping[str, Any], name: str, default: bool) -> bool:

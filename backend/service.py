@@ -18,11 +18,12 @@ from backend.config import (
     parse_serving_config,
     triton_parameters,
 )
-from backend.engine import EngineDriver, ModelInfo, Observer, ResponseSink
+from backend.engine import EngineDriver
 from backend.errors import ConfigError, ValidationError
 from backend.prompt import PromptBuilder
 from backend.request import parse_request
 from backend.server_watch import ServerWatch, find_ready_url
+from backend.types import ModelInfo, Observer, ResponseSink
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class GenerationService:
             max_queued_prompt_tokens=self.config.max_queued_prompt_tokens,
             cancel_poll_interval_s=self.config.cancel_poll_interval_s,
             shutdown_grace_s=self.config.shutdown_grace_s,
+            stall_timeout_s=self.config.engine_stall_timeout_s,
+            sender_threads=self.config.response_sender_threads,
             observer=observer,
         )
         self.info: ModelInfo = self.driver.start()

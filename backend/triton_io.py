@@ -1,4 +1,4 @@
-"""The Triton boundary: pb_utils tensors in, plain arrays out; chunks and errors back as responses.
+"""The Triton boundary: pb_utils tensors in, plain arrays out; responses and errors back out.
 
 Only this module imports triton_python_backend_utils.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from backend.engine import Chunk
 from backend.errors import ERROR_CODES, error_kind, public_message
+from backend.types import RequestRecord, Response
 
 logger = logging.getLogger(__name__)
 
@@ -41,31 +41,30 @@ def read_inputs(request: Any) -> dict[str, Any]:
     return inputs
 
 
-def _flag(inputs: dict[str, Any], name: str) -> bool:
-    value = inputs.get(name)
-    return value is not None and value.size == 1 and value.dtype == np.bool_ and bool(value.reshape(-1)[0])
-
-
 class TritonSink:
-    """Sends a request's responses through its decoupled response sender; final flag once only."""
+    """Sends a request's responses through its decoupled response sender; final flag once only.
 
-    def __init__(self, request: Any, inputs: dict[str, Any]) -> None:
+    Called from the sender threads (send, send_error) and the cancellation sweep (is_cancelled).
+    """
+
+    def __init__(self, request: Any) -> None:
         self._sender = request.get_response_sender()
-        # Which optional outputs to add; malformed flags are reported by request parsing.
-        self._flags = {name: _flag(inputs, name) for name in INPUT_NAMES if name.startswith("return_")}
         self._done = False
         self._lock = threading.Lock()
 
-    def send(self, chunk: Chunk | None, *, final: bool) -> None:
-        response = None if chunk is None else pb_utils.InferenceResponse(output_tensors=self._tensors(chunk))
-        self._send(response, final)
+    def send(self, response: Response | None, *, final: bool) -> None:
+        """One response (only the tensors it carries), or just the final flag when None."""
+        built = None if response is None else pb_utils.InferenceResponse(output_tensors=_tensors(response))
+        self._send(built, final)
 
     def send_error(self, exc: BaseException) -> None:
+        """An error response with the final flag; the error's kind picks the Triton code."""
         code_name, _ = ERROR_CODES[error_kind(exc)]
         error = pb_utils.TritonError(public_message(exc), getattr(pb_utils.TritonError, code_name))
         self._send(pb_utils.InferenceResponse(error=error), final=True)
 
     def is_cancelled(self) -> bool:
+        """Whether the client cancelled; never asks Triton after the final response."""
         # Triton frees the response factory once the final response is sent: asking it then
         # reads freed memory (a segfault in TRITONBACKEND_ResponseFactoryIsCancelled).
         with self._lock:
@@ -82,18 +81,19 @@ class TritonSink:
             except Exception:  # noqa: BLE001 - the client may be gone; nothing else to tell it
                 logger.warning("could not send a response (client gone?)", exc_info=True)
 
-    def _tensors(self, chunk: Chunk) -> list[Any]:
-        tensors = [pb_utils.Tensor("text_output", np.array([chunk.text.encode("utf-8")], dtype=np.object_))]
-        if self._flags.get("return_finish_reason"):
-            reason = (chunk.finish_reason or "").encode()
-            tensors.append(pb_utils.Tensor("finish_reason", np.array([reason], dtype=np.object_)))
-        if self._flags.get("return_num_input_tokens"):
-            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([chunk.num_input_tokens], dtype=np.uint32)))
-        if self._flags.get("return_num_output_tokens"):
-            tensors.append(pb_utils.Tensor("num_output_tokens", np.array([chunk.num_output_tokens], dtype=np.uint32)))
-        if self._flags.get("return_output_token_ids"):
-            tensors.append(pb_utils.Tensor("output_token_ids", np.array(chunk.token_ids, dtype=np.int64)))
-        return tensors
+
+def _tensors(response: Response) -> list[Any]:
+    """Output tensors of one response: text_output always, the others only when the response has them."""
+    tensors = [pb_utils.Tensor("text_output", np.array([response.text.encode("utf-8")], dtype=np.object_))]
+    if response.finish_reason is not None:
+        tensors.append(pb_utils.Tensor("finish_reason", np.array([response.finish_reason.encode()], dtype=np.object_)))
+    if response.num_input_tokens is not None:
+        tensors.append(pb_utils.Tensor("num_input_tokens", np.array([response.num_input_tokens], dtype=np.uint32)))
+    if response.num_output_tokens is not None:
+        tensors.append(pb_utils.Tensor("num_output_tokens", np.array([response.num_output_tokens], dtype=np.uint32)))
+    if response.token_ids is not None:
+        tensors.append(pb_utils.Tensor("output_token_ids", np.array(response.token_ids, dtype=np.int64)))
+    return tensors
 
 
 TTFT_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
@@ -118,33 +118,34 @@ class TritonMetrics:
         self._generation = family("vllm:generation_tokens_total", "Generated tokens", counter).Metric(labels)
         outcomes = family("vllm:request_outcome_total", "Finished requests by outcome", counter)
         self._outcomes = {o: outcomes.Metric({**labels, "outcome": o})
-                          for o in ("success", "cancelled", "invalid", "engine_dead", "error")}
+                          for o in ("success", "cancelled", "invalid", "engine_dead", "stalled", "error")}
         gauge = family("vllm:num_requests", "Requests now: active (in this model), queued (no token yet), "
                        "engine_unfinished (held by the vLLM engine)", pb_utils.MetricFamily.GAUGE)
         self._counts = {k: gauge.Metric({**labels, "state": k}) for k in ("active", "queued", "engine_unfinished")}
         self._counts["engine_healthy"] = family(
-            "vllm:engine_healthy", "1 while the engine serves, 0 while it is dead or restarting",
+            "vllm:engine_healthy", "1 while the engine serves, 0 while it is dead, stalled or restarting",
             pb_utils.MetricFamily.GAUGE).Metric(labels)
         self._counts["engine_restarts"] = family(
-            "vllm:engine_restarts", "Engine restarts after a crash, since the model loaded",
+            "vllm:engine_restarts", "Engine restarts after a crash or a stall, since the model loaded",
             pb_utils.MetricFamily.GAUGE).Metric(labels)
         histogram = pb_utils.MetricFamily.HISTOGRAM
         self._ttft = family("vllm:time_to_first_token_seconds", "Time to first token", histogram).Metric(
             labels, buckets=TTFT_BUCKETS)
-        self._tpot = family("vllm:time_per_output_token_seconds", "Time per output token after the first",
+        self._tpot = family("vllm:time_per_output_token_seconds", "Mean time per output token after the first, one observation per request",
                             histogram).Metric(labels, buckets=TPOT_BUCKETS)
 
-    def on_finish(self, request: Any, outcome: str, ttft_s: float | None, token_gaps_s: list[float],
-                  num_output_tokens: int) -> None:
-        self._prompt.increment(request.prompt.num_tokens)
-        self._embeds.increment(request.prompt.num_embedding_tokens)
-        self._generation.increment(num_output_tokens)
-        self._outcomes.get(outcome, self._outcomes["error"]).increment(1)
-        if ttft_s is not None:
-            self._ttft.observe(ttft_s)
-        for gap in token_gaps_s:
-            self._tpot.observe(gap)
+    def on_finish(self, record: RequestRecord) -> None:
+        """One finished request: a handful of updates, whatever its length."""
+        self._prompt.increment(record.prompt_tokens)
+        self._embeds.increment(record.prompt_embeds_tokens)
+        self._generation.increment(record.output_tokens)
+        self._outcomes.get(record.outcome, self._outcomes["error"]).increment(1)
+        if record.ttft_s is not None:
+            self._ttft.observe(record.ttft_s)
+        if record.tpot_s is not None:
+            self._tpot.observe(record.tpot_s)
 
     def on_counts(self, counts: dict[str, int]) -> None:
+        """Set the load gauges."""
         for key, metric in self._counts.items():
             metric.set(counts.get(key, 0))

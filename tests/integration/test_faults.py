@@ -1,7 +1,8 @@
 """Faults against a real server: cancellation (running and queued), overload, penalties with mixed
-embedding lengths (vLLM issue 57719), engine death and recovery, graceful shutdown.
+embedding lengths (vLLM issue 57719), engine death, engine stall and recovery, graceful shutdown.
 
-Uses its own tritonserver with one sequence at a time (so requests queue) and a queue bound of 2.
+Uses its own tritonserver with one sequence at a time (so requests queue), a queue bound of 2 and
+a short stall timeout.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from tests.servers import FrontendServer, TritonServer, make_repository
 LONG_CONTEXT = {"max_model_len": 65536}
 LONG = {"temperature": 0, "max_tokens": 65000, "ignore_eos": True}
 GREEDY = {"temperature": 0, "max_tokens": 12}
+STALL_S = 6  # the other tests here keep the engine producing: they never come near it
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     repo = make_repository(root / "repo", engine_args={"max_num_seqs": 1, **LONG_CONTEXT},
-                           parameters={"max_queued_requests": "2", "cancel_poll_interval_s": "0.05"})
+                           parameters={"max_queued_requests": "2", "cancel_poll_interval_s": "0.05",
+                                       "engine_stall_timeout_s": str(STALL_S)})
     server = TritonServer(repo, root / "tritonserver.log")
     yield server
     server.stop()
@@ -159,6 +162,43 @@ def test_engine_death_fails_in_flight_requests_fast_and_the_engine_recovers(serv
     again = generate(server.grpc_url, embeds=tiny.embed(tiny.ids("recover", special=True)), sampling=GREEDY)
     assert again.token_ids == reference.token_ids
     assert _engine_core(server).pid != old.pid
+    for stream in streams:
+        stream.close()
+
+
+def test_a_stalled_engine_is_replaced_in_place(server, tiny):
+    """SIGSTOP the engine mid-stream: in-flight requests end UNAVAILABLE within the stall timeout
+    (plus a margin), the health gauge reads 0 meanwhile, and the same tritonserver serves again."""
+    prompt = tiny.embed(tiny.ids("stall", special=True))
+    reference = generate(server.grpc_url, embeds=prompt, sampling=GREEDY)
+    restarts = gauge(server.metrics(), "vllm:engine_restarts")
+    streams = [OpenStream(server.grpc_url, text="stalled, running", sampling=LONG)]
+    streams[0].wait_responses(2)
+    streams.append(OpenStream(server.grpc_url, text="stalled, queued", sampling=LONG))
+    wait_for(lambda: counts(server)["queued"] == 1, 30, "a queued request")
+    stopped = _engine_core(server)
+    stopped.suspend()  # SIGSTOP: alive, silent
+    start = time.monotonic()
+    try:
+        for stream in streams:
+            assert stream.final.wait(STALL_S + 20 - (time.monotonic() - start)), "a request outlived the stall"
+        ended = time.monotonic() - start
+        for stream in streams:  # the gRPC stream carries the message only; the code is unit-tested
+            assert stream.error is not None and "stalled" in stream.error.message()
+        assert STALL_S - 1 < ended < STALL_S + 15, f"ended after {ended:.1f}s"
+        wait_for(lambda: gauge(server.metrics(), "vllm:engine_healthy") == 0, 5, "the health gauge to read 0")
+        wait_for(lambda: not stopped.is_running() or stopped.status() == psutil.STATUS_ZOMBIE, 30,
+                 "the stalled engine process to be killed")
+    finally:
+        if stopped.is_running():
+            stopped.kill()
+    wait_for(lambda: gauge(server.metrics(), "vllm:engine_restarts") > restarts, 300, "the engine restart")
+    wait_for(lambda: gauge(server.metrics(), "vllm:engine_healthy") == 1, 10, "the health gauge to read 1")
+    again = generate(server.grpc_url, embeds=prompt, sampling=GREEDY)
+    assert again.token_ids == reference.token_ids
+    assert server.proc.poll() is None and _engine_core(server).pid != stopped.pid
+    assert gauge(server.metrics(), "vllm:request_outcome_total", outcome="stalled") >= 2
+    wait_for(lambda: idle(server), 10, "the engine to be idle")
     for stream in streams:
         stream.close()
 

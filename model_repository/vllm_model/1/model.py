@@ -26,7 +26,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 
 
 class TritonPythonModel:
-    """Decoupled model: execute() parses and schedules; responses stream from the engine thread."""
+    """Decoupled model: execute() parses and schedules; responses stream from the sender threads."""
 
     def initialize(self, args):
         start_reaper()  # first: the engine must not outlive this stub or tritonserver, even while loading
@@ -40,7 +40,7 @@ class TritonPythonModel:
     def execute(self, requests):
         for request in requests:
             inputs = read_inputs(request)
-            self.service.handle(inputs, TritonSink(request, inputs))
+            self.service.handle(inputs, TritonSink(request))
         return None
 
     def finalize(self):

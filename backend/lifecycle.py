@@ -1,0 +1,111 @@
+"""Engine lifecycle on the driver's event loop: start, replace after a death or a stall, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any, Callable
+
+from backend.types import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+
+def vllm_engine_factory(engine_args: dict[str, Any]) -> Callable[[], Any]:
+    """A function that starts a vLLM AsyncLLM from model.json's engine arguments (blocks until ready)."""
+
+    def start() -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args))
+
+    return start
+
+
+def engine_processes(engine: Any) -> list[int]:
+    """Pids of the engine's core processes and their children (empty for an in-process engine)."""
+    manager = getattr(getattr(getattr(engine, "engine_core", None), "resources", None), "engine_manager", None)
+    pids = [p.pid for p in getattr(manager, "processes", []) if p.pid is not None]
+    try:
+        import psutil
+
+        pids += [c.pid for pid in list(pids) if psutil.pid_exists(pid)
+                 for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # noqa: BLE001 - a process that exited meanwhile has no children to kill
+        pass
+    return pids
+
+
+class EngineLifecycle:
+    """Holds the current engine; replaces it in place (off the loop) when it died or stalled."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self.engine: Any = None  # None while (re)starting: admission answers UNAVAILABLE
+        self.restarts = 0
+        self._restart: asyncio.Task | None = None
+        self._stopping = False
+
+    def start(self) -> ModelInfo:
+        """Start the first engine (on the loop thread; blocks it while the engine starts)."""
+        self.engine = self._factory()
+        config = self.engine.model_config
+        return ModelInfo(hidden_size=config.get_hidden_size(), max_model_len=config.max_model_len,
+                         dtype=config.dtype, tokenizer=self.engine.get_tokenizer())
+
+    @property
+    def ready(self) -> bool:
+        """An engine is running and not known dead."""
+        return self.engine is not None and not self.engine.errored
+
+    @property
+    def replacing(self) -> bool:
+        """A replacement is under way."""
+        return self._restart is not None
+
+    def replace(self, why: str, *, kill: bool = False) -> None:
+        """Replace the engine with a fresh one, once at a time; `kill` first SIGKILLs its processes
+        (a stalled engine may not answer a polite shutdown: a SIGSTOPped one can't)."""
+        if self.engine is None or self._restart is not None or self._stopping:
+            return
+        old, self.engine = self.engine, None
+        if kill:
+            for pid in engine_processes(old):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self._restart = asyncio.get_running_loop().create_task(self._replace(old, why))
+
+    async def _replace(self, old: Any, why: str) -> None:
+        logger.error("replacing the vLLM engine: %s", why)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, old.shutdown)
+        except Exception:  # noqa: BLE001 - the old engine's cleanup must not block recovery
+            logger.exception("shutting down the old engine failed")
+        try:
+            # Off the loop: engine start blocks for seconds to minutes, and requests must
+            # meanwhile get their UNAVAILABLE answers at once.
+            engine = await loop.run_in_executor(None, self._factory)
+        except Exception:  # noqa: BLE001 - stay unavailable; the operator must reload the model
+            logger.exception("engine restart failed; the model stays unavailable until reloaded")
+            self._restart = None
+            return
+        if self._stopping:  # shut down while restarting
+            engine.shutdown()
+            return
+        self.engine, self._restart = engine, None
+        self.restarts += 1
+        logger.info("the vLLM engine was restarted (%d restarts so far)", self.restarts)
+
+    async def shutdown(self) -> None:
+        """Wait for a replacement under way, then stop the engine."""
+        self._stopping = True
+        if self._restart is not None:
+            await asyncio.wait([self._restart], timeout=120)
+        if self.engine is not None:
+            self.engine.shutdown()

@@ -1,0 +1,97 @@
+"""Shared dataclasses and protocols of the serving path: no behaviour, no Triton, no vLLM engine.
+
+The parser (backend.request) produces a GenerationRequest, the engine side produces Chunks, the
+response side turns them into Responses for a ResponseSink (backend.triton_io implements it).
+Keeping them here lets each side import the types without importing the other side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # annotations only: importing vLLM or the prompt builder is not needed here
+    import torch
+    from vllm import SamplingParams
+
+    from backend.prompt import EnginePrompt
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """Everything the engine driver needs for one request; no Triton types inside."""
+
+    prompt: EnginePrompt
+    sampling: SamplingParams
+    stream: bool = False
+    exclude_input_in_output: bool = True
+    return_finish_reason: bool = False
+    return_num_input_tokens: bool = False
+    return_num_output_tokens: bool = False
+    return_output_token_ids: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What request parsing needs to know about the loaded model."""
+
+    hidden_size: int
+    max_model_len: int
+    dtype: torch.dtype
+    tokenizer: Any  # the engine's own Hugging Face tokenizer, so both sides tokenize alike
+
+
+@dataclasses.dataclass
+class Chunk:
+    """New output of one request since the previous chunk (one engine step, or several joined)."""
+
+    text: str
+    token_ids: list[int]
+    final: bool = False
+    finish_reason: str | None = None  # set on the final chunk
+
+
+@dataclasses.dataclass
+class Response:
+    """One response as the client gets it: the text, and only the outputs the client asked for."""
+
+    text: str
+    token_ids: list[int] | None = None  # return_output_token_ids
+    num_output_tokens: int | None = None  # return_num_output_tokens: tokens in this response
+    finish_reason: str | None = None  # return_finish_reason: final response only
+    num_input_tokens: int | None = None  # return_num_input_tokens: final response only
+
+
+class ResponseSink(Protocol):
+    """Where a request's responses go (a Triton response sender, or a list in tests)."""
+
+    def send(self, response: Response | None, *, final: bool) -> None:
+        """Send one response; `final` closes the request (at most once)."""
+
+    def send_error(self, exc: BaseException) -> None:
+        """Send an error response carrying the final flag."""
+
+    def is_cancelled(self) -> bool:
+        """Whether the client cancelled; False (and no call into Triton) once the final flag went out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestRecord:
+    """What one finished request did, for metrics."""
+
+    outcome: str  # success, cancelled, invalid, engine_dead, stalled, error
+    prompt_tokens: int
+    prompt_embeds_tokens: int
+    output_tokens: int
+    ttft_s: float | None
+    tpot_s: float | None  # mean time per output token after the first, None with fewer than 2
+
+
+class Observer(Protocol):
+    """Receives measurements (Triton custom metrics implement this)."""
+
+    def on_finish(self, record: RequestRecord) -> None:
+        """One finished request."""
+
+    def on_counts(self, counts: dict[str, int]) -> None:
+        """Current load: see EngineDriver.counts()."""

@@ -1,0 +1,34 @@
+"""The engine-side config.pbtxt parameters, and engine arguments model.json passes through."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from backend.config import check_engine_arg_names, parse_serving_config
+from backend.errors import ConfigError
+
+
+def test_stall_timeout_and_sender_threads_are_typed_with_safe_defaults():
+    default = parse_serving_config({})
+    assert default.engine_stall_timeout_s == 120.0 and default.response_sender_threads == 1
+    config = parse_serving_config({"engine_stall_timeout_s": "0", "response_sender_threads": "4"})
+    assert config.engine_stall_timeout_s == 0.0 and config.response_sender_threads == 4
+
+
+@pytest.mark.parametrize("parameters", [
+    {"engine_stall_timeout_s": "-1"}, {"engine_stall_timeout_s": "inf"}, {"engine_stall_timeout_s": "nan"},
+    {"response_sender_threads": "0"}, {"response_sender_threads": "17"}, {"response_sender_threads": "2.5"},
+], ids=["negative", "inf", "nan", "no-thread", "too-many", "float"])
+def test_bad_engine_side_parameters_fail_the_load(parameters):
+    with pytest.raises(ConfigError, match=next(iter(parameters))):
+        parse_serving_config(parameters)
+
+
+def test_stream_interval_is_an_engine_argument_model_json_may_set():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    check_engine_arg_names({"model": "m", "stream_interval": 4}, known)  # no error
+    assert AsyncEngineArgs(model="m").stream_interval == 1
