@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from backend.errors import ValidationError
-from backend.prompt import check_text
 from backend.sampling import INT64_MAX, read_field
 from client.frontend.payloads import FORMATS
 
@@ -41,15 +40,6 @@ def _sampling_value(name: str) -> BeforeValidator:
             raise ValueError(exc.message.removeprefix(f"{name} ")) from None
 
     return BeforeValidator(read)
-
-
-def _unicode_text(value: str) -> str:
-    """JSON's "\\ud800" parses to a lone surrogate, which cannot be sent on (a 500 otherwise)."""
-    try:
-        check_text("text", value)
-    except ValidationError as exc:
-        raise ValueError(exc.message) from None
-    return value
 
 
 # Request fields that map one to one onto the model's SamplingParams fields.
@@ -143,15 +133,6 @@ class CompletionRequest(SamplingFields):
             raise ValueError("either prompt or prompt_embeds must be provided and non-empty")
         return self
 
-    @field_validator("prompt")
-    @classmethod
-    def _unicode_prompts(cls, value: Any) -> Any:
-        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-        for text in texts:
-            if isinstance(text, str):
-                _unicode_text(text)
-        return value
-
     def to_sampling_params(self) -> dict[str, Any]:
         """The model's `sampling_parameters` JSON; max_tokens defaults to 16 as in OpenAI and vLLM."""
         return self._sampling(16 if self.max_tokens is None else self.max_tokens, send_null_max_tokens=False)
@@ -197,14 +178,6 @@ class ChatMessage(StrictModel):
     def _non_empty_parts(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("content must be a string or a non-empty list of parts")
-        if isinstance(value, str):
-            return _unicode_text(value)
-        for i, part in enumerate(value):
-            if isinstance(part, TextPart):
-                try:
-                    _unicode_text(part.text)
-                except ValueError as exc:
-                    raise ValueError(f"part {i}: {exc}") from None
         return value
 
 

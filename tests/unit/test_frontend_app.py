@@ -315,7 +315,7 @@ def test_budget_waiter_gets_what_is_released() -> None:
 @pytest.mark.parametrize("endpoint, body, param", [
     ("/v1/completions", {"prompt": "a\ud800b"}, "prompt"),
     ("/v1/completions", {"prompt": ["ok", "\udc00"]}, "prompt[1]"),
-    ("/v1/completions", {"prompt": "x", "stop": ["ok", "\ud800"]}, "stop[1]"),
+    ("/v1/completions", {"prompt": "x", "stop": ["ok", "\ud800"]}, "stop"),
     ("/v1/completions", {"prompt": "x", "logit_bias": {"\ud800": 1}}, "logit_bias"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
