@@ -16,7 +16,8 @@ DL=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.
 "${DL[@]}" -d "$OUT" \
   pytest pluggy iniconfig pytest-timeout prometheus_client httpx httpcore h11 anyio safetensors psutil packaging \
   jmespath `# vLLM 0.24 OpenAI server (the benchmark anchor) imports it` \
-  msgpack click `# Ray's own dependencies the image may lack`
+  msgpack click `# Ray's own dependencies the image may lack` \
+  orjson==3.13.0 ml_dtypes==0.5.4 `# the frontend: SSE encoding, bf16 payloads to Triton`
 # The last tritonclient wheel with perf_analyzer inside (manylinux1 tag; the binary needs glibc 2.34).
 python3 -m pip download -q --no-deps -d "$OUT" tritonclient==2.51.0
 W=$(mktemp -d)

@@ -28,7 +28,8 @@ setup() {
   # Extra wheels only where the image and bundle lack the module (never replace theirs).
   for pair in pytest:pytest pluggy:pluggy iniconfig:iniconfig pytest_timeout:pytest_timeout \
               prometheus_client:prometheus_client httpx:httpx httpcore:httpcore h11:h11 anyio:anyio \
-              safetensors:safetensors psutil:psutil packaging:packaging jmespath:jmespath; do
+              safetensors:safetensors psutil:psutil packaging:packaging jmespath:jmespath \
+              orjson:orjson ml_dtypes:ml_dtypes; do
     module=${pair%%:*}; wheel=${pair##*:}
     $PY -c "import $module" 2>/dev/null || "$SYSTEM_PYTHON" -m pip install -q --no-index --no-deps \
       --target /tmp/venv/lib/python3.12/site-packages /tmp/extra/${wheel}-*.whl
