@@ -52,8 +52,8 @@ bench() {
   local name=$1 model=$2 hidden=$3
   timeout -s INT -k 30 "${BENCH_TIMEOUT:-280}" $PY -m benchmarks.bench_serving --name "$name" --out-dir "$OUT/bench" \
     --model "$model" --hidden-size "$hidden" --python "$PY" \
-    --engine-args '{"load_format": "dummy", "dtype": "bfloat16", "gpu_memory_utilization": 0.4, "enforce_eager": true, "max_model_len": 8192}' \
-    --prompt-lens ${BENCH_LENS:-128,1024,4096} --concurrency ${BENCH_CONCURRENCY:-1,16} --output-tokens 128 --repeats 1 \
+    --engine-args '{"load_format": "dummy", "dtype": "bfloat16", "gpu_memory_utilization": 0.4, "enforce_eager": false, "max_model_len": 8192}' \
+    --prompt-lens ${BENCH_LENS:-128,1024,4096} --concurrency ${BENCH_CONCURRENCY:-1,16} --output-tokens 128 --repeats ${BENCH_REPEATS:-3} \
     --workdir "$OUT/bench-logs-$name" 2>&1 | tee "$OUT/bench-$name.log"
 }
 

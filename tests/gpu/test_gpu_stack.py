@@ -40,7 +40,8 @@ def stack(request, tmp_path_factory):
         pytest.skip("needs a CUDA GPU")
     path, dtype = _models()[request.param]
     root = tmp_path_factory.mktemp(f"gpu-{request.param}")
-    engine_args = {"model": str(path), "dtype": dtype, "gpu_memory_utilization": 0.35, "enforce_eager": True,
+    # CUDA graphs and torch.compile on, as users serve (the CPU model.json's enforce_eager is overridden).
+    engine_args = {"model": str(path), "dtype": dtype, "gpu_memory_utilization": 0.35, "enforce_eager": False,
                    "max_model_len": 4096}
     engine_args.update(json.loads(os.environ.get("GPU_ENGINE_ARGS", "{}")))
     server = TritonServer(make_repository(root / "repo", engine_args=engine_args), root / "tritonserver.log")
