@@ -74,7 +74,8 @@ def test_cancelling_a_queued_request_that_has_no_token_yet(server):
         return now["queued"] == 0 and now["engine_unfinished"] == now["active"] <= 1
 
     wait_for(only_running_left, 10, "only the running request to remain")
-    assert not running.final.is_set() or running.error is None
+    error = running.error
+    assert not running.final.is_set() or error is None, f"the running request ended: {error and error.status()}"
     running.cancel()
     wait_for(lambda: idle(server), 10, "the engine to be idle")
     running.close()
