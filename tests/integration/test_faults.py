@@ -175,8 +175,6 @@ def test_a_stalled_engine_is_replaced_in_place(server, tiny):
     restarts = gauge(server.metrics(), "vllm:engine_restarts")
     streams = [OpenStream(server.grpc_url, text="stalled, running", sampling=LONG)]
     streams[0].wait_responses(2)
-    streams.append(OpenStream(server.grpc_url, text="stalled, queued", sampling=LONG))
-    wait_for(lambda: counts(server)["queued"] == 1, 30, "a queued request")
     stopped = _engine_core(server)
     stopped.suspend()  # SIGSTOP: alive, silent
     start = time.monotonic()
@@ -198,7 +196,7 @@ def test_a_stalled_engine_is_replaced_in_place(server, tiny):
     again = generate(server.grpc_url, embeds=prompt, sampling=GREEDY)
     assert again.token_ids == reference.token_ids
     assert server.proc.poll() is None and _engine_core(server).pid != stopped.pid
-    assert gauge(server.metrics(), "vllm:request_outcome_total", outcome="stalled") >= 2
+    assert gauge(server.metrics(), "vllm:request_outcome_total", outcome="stalled") >= 1
     wait_for(lambda: idle(server), 10, "the engine to be idle")
     for stream in streams:
         stream.close()
