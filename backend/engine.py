@@ -14,7 +14,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from backend.admission import check_admission
 from backend.errors import EngineUnavailableError, RequestCancelledError, ServingError

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from backend.types import ModelInfo
 
@@ -35,7 +36,7 @@ def engine_processes(engine: Any) -> list[int]:
         pids += [c.pid for pid in list(pids) if psutil.pid_exists(pid)
                  for c in psutil.Process(pid).children(recursive=True)]
     except Exception:  # noqa: BLE001 - a process that exited meanwhile has no children to kill
-        pass
+        logger.debug("could not list the engine's child processes", exc_info=True)
     return pids
 
 

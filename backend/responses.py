@@ -16,7 +16,7 @@ import itertools
 import logging
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from backend.types import Chunk, GenerationRequest, Response, ResponseSink
 

@@ -11,7 +11,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from backend.errors import EngineUnavailableError, RequestCancelledError, ServingError, ValidationError
 from backend.types import Chunk, GenerationRequest, RequestRecord

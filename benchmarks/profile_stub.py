@@ -36,7 +36,8 @@ BUCKETS = {
     "request parsing + prompt building": ("read_inputs (backend/triton_io.py", "parse_request (backend/request.py"),
     "vLLM output handler (detokenize, per-request queues)": ("output_handler (vllm/v1/engine/async_llm.py",),
     "vLLM generate() bookkeeping": ("generate (vllm/v1/engine/async_llm.py",),
-    "our _generate / _chunk": ("_generate (backend/engine.py",),
+    "our per-request stream (engine loop)": ("run_request (backend/stream.py",),
+    "response shaping + coalescing (sender threads)": ("take (backend/responses.py",),
     "metrics (Triton custom metrics)": ("on_finish (backend/triton_io.py", "on_counts (backend/triton_io.py"),
     "asyncio loop (select, callbacks)": ("_run_once (asyncio/base_events.py",),
 }

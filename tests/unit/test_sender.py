@@ -12,8 +12,8 @@ from backend.responses import ResponseSender
 from backend.types import Chunk
 from tests.unit.fake_engine import FakeSink, make_request
 
-ALL = dict(return_finish_reason=True, return_num_input_tokens=True, return_num_output_tokens=True,
-           return_output_token_ids=True)
+ALL = {"return_finish_reason": True, "return_num_input_tokens": True, "return_num_output_tokens": True,
+           "return_output_token_ids": True}
 
 
 @pytest.fixture
