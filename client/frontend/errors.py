@@ -37,6 +37,7 @@ ERROR_TYPES = {
 # The Triton model's input names, and the OpenAI parameter each one comes from.
 TRITON_INPUT_PARAMS = {
     "text_input": "prompt",
+    "input_ids": "prompt",
     "messages": "messages",
     "prompt_embeds": "prompt_embeds",
     "prompt_embeds_fp16": "prompt_embeds",
@@ -51,7 +52,7 @@ TRITON_INPUT_PARAMS = {
     "return_num_output_tokens": None,
     "return_output_token_ids": None,
 }
-_TRITON_PARAM_RE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?([a-z_0-9]+): ")
+_TRITON_PARAM_RE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?([a-z_0-9]+)(?:\.([a-z_0-9]+))?: ")
 _UNAVAILABLE_WORDS = ("overloaded", "shutting down", "not running", "engine died", "unavailable",
                       "not ready", "unknown model", "is not found", "failed to connect", "connection refused")
 
@@ -97,6 +98,9 @@ def from_triton_message(text: str) -> APIError:
     if match and match.group(1) in TRITON_INPUT_PARAMS:
         name = match.group(1)
         param = TRITON_INPUT_PARAMS[name] or name
+        if name == "sampling_parameters" and match.group(2):
+            # `sampling_parameters.structured_outputs: ...`: the request field of the same name.
+            return APIError(400, f"{match.group(2)}: {text[match.end():]}", match.group(2))
         # Name the parameter the HTTP client sent (`prompt`, not Triton's `text_input`).
         return APIError(400, f"{param}: {text[match.end():]}" if param != name else text, param)
     lowered = text.lower()

@@ -40,18 +40,32 @@ class TritonRequest:
     messages: list[dict[str, Any]] | None = None
     embeds: torch.Tensor | None = None  # all parts' rows, concatenated in order
     lengths: list[int] | None = None  # rows per part (chat); None for one whole-prompt tensor
+    input_ids: list[int] | None = None  # a token-id prompt, sent to the engine as it is
     stream: bool = False  # responses per step (deltas), or one response at the end
+
+    @property
+    def choices(self) -> int:
+        """How many sequences (vLLM's `n`) this request generates; its responses carry their index."""
+        return int(self.sampling.get("n") or 1)
 
 
 @dataclasses.dataclass
 class Delta:
-    """One Triton response: the new text and the counts."""
+    """One Triton response: the new text and the counts; with logprobs, the tokens and their logprobs.
+
+    `index` is the choice (0..n-1) within its request; `final` means the whole request has ended.
+    """
 
     text: str
     num_output_tokens: int
     num_input_tokens: int | None
     finish_reason: str | None
     final: bool
+    index: int = 0
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_ids: list[list[int]] = dataclasses.field(default_factory=list)  # per token, by rank
+    top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
 
 
 class GenerationClient(Protocol):
@@ -80,7 +94,7 @@ def _embeds_array(embeds: torch.Tensor) -> np.ndarray:
 
 def triton_inputs(request: TritonRequest) -> list[Any]:
     """The request as tritonclient InferInputs (only the outputs read here asked for, the input never echoed)."""
-    return build_inputs(
+    inputs = build_inputs(
         grpcclient,
         text=request.text,
         messages=request.messages,
@@ -91,6 +105,11 @@ def triton_inputs(request: TritonRequest) -> list[Any]:
         exclude_input_in_output=True,
         returns=RETURNS,
     )
+    if request.input_ids is not None:
+        ids = grpcclient.InferInput("input_ids", [len(request.input_ids)], "INT64")
+        ids.set_data_from_numpy(np.asarray(request.input_ids, dtype=np.int64))
+        inputs.append(ids)
+    return inputs
 
 
 def _bytes_elements(raw: bytes) -> list[bytes]:
@@ -105,16 +124,49 @@ def _bytes_elements(raw: bytes) -> list[bytes]:
     return out
 
 
+# The numeric outputs read for logprobs and choices: (numpy dtype, Delta field).
+_NUMERIC_OUTPUTS = {
+    "output_token_ids": np.int64,
+    "output_logprobs": np.float32,
+    "top_logprobs_ids": np.int64,
+    "top_logprobs": np.float32,
+}
+
+
+def _add_token_outputs(delta: Delta, arrays: dict[str, np.ndarray]) -> Delta:
+    """Fill the choice index and the per-token ids and logprobs from their output arrays."""
+    if "index" in arrays and arrays["index"].size:
+        delta.index = int(arrays["index"].reshape(-1)[0])
+    if "output_token_ids" in arrays:
+        delta.token_ids = [int(i) for i in arrays["output_token_ids"].reshape(-1)]
+    if "output_logprobs" in arrays:
+        delta.logprobs = [float(v) for v in arrays["output_logprobs"].reshape(-1)]
+    k = len(delta.logprobs)
+    if "top_logprobs_ids" in arrays and k:
+        delta.top_ids = arrays["top_logprobs_ids"].reshape(k, -1).tolist()
+    if "top_logprobs" in arrays and k:
+        delta.top_logprobs = arrays["top_logprobs"].astype(np.float64).reshape(k, -1).tolist()
+    return delta
+
+
+def _final_flag(result: Any) -> bool:
+    """Triton's final-response flag, when the response carries it."""
+    parameters = result.get_response().parameters
+    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
 def read_delta(result: Any) -> Delta:
     """One InferResult -> Delta, read straight from the protobuf (no numpy object arrays per token).
 
-    `final` from the response parameter, else from a finish reason. The counts and the finish
-    reason may come on every response or only on the final one: each is read where present.
+    `final` from the response parameter, else from a finish reason (TritonClient.generate decides it
+    for n > 1). The counts and the finish reason may come on every response or only on the final
+    one: each is read where present.
     """
     response = result.get_response()
     if len(response.raw_output_contents) != len(response.outputs):
         return _read_delta_typed(result)
     text, reason, n_in, n_out = "", "", None, 0
+    arrays: dict[str, np.ndarray] = {}
     for output, raw in zip(response.outputs, response.raw_output_contents):
         name = output.name
         if name == "text_output":
@@ -126,11 +178,15 @@ def read_delta(result: Any) -> Delta:
             n_out = int.from_bytes(raw[:4], "little")
         elif name == "num_input_tokens" and len(raw) >= 4:
             n_in = int.from_bytes(raw[:4], "little")
-    parameters = response.parameters
-    final = bool(reason)
-    if "triton_final_response" in parameters:
-        final = final or parameters["triton_final_response"].bool_param
-    return Delta(text=text, num_output_tokens=n_out, num_input_tokens=n_in, finish_reason=reason or None, final=final)
+        elif name == "index" and len(raw) >= 4:
+            arrays[name] = np.frombuffer(raw[:4], dtype=np.uint32)
+        elif name in _NUMERIC_OUTPUTS:
+            dtype = np.dtype(_NUMERIC_OUTPUTS[name])
+            arrays[name] = np.frombuffer(raw[: len(raw) // dtype.itemsize * dtype.itemsize], dtype=dtype)
+    final = bool(reason) or _final_flag(result)
+    delta = Delta(text=text, num_output_tokens=n_out, num_input_tokens=n_in, finish_reason=reason or None,
+                  final=final)
+    return _add_token_outputs(delta, arrays)
 
 
 def _read_delta_typed(result: Any) -> Delta:
@@ -141,11 +197,12 @@ def _read_delta_typed(result: Any) -> Delta:
     reason = reason_array.reshape(-1)[0].decode() if reason_array is not None and reason_array.size else ""
     n_in = result.as_numpy("num_input_tokens")
     n_out = result.as_numpy("num_output_tokens")
-    parameters = result.get_response().parameters
-    final = bool(reason) or ("triton_final_response" in parameters and parameters["triton_final_response"].bool_param)
-    return Delta(text=text, num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None and n_out.size else 0,
-                 num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None and n_in.size else None,
-                 finish_reason=reason or None, final=final)
+    final = bool(reason) or _final_flag(result)
+    delta = Delta(text=text, num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None and n_out.size else 0,
+                  num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None and n_in.size else None,
+                  finish_reason=reason or None, final=final)
+    arrays = {name: result.as_numpy(name) for name in ("index", *_NUMERIC_OUTPUTS)}
+    return _add_token_outputs(delta, {name: a for name, a in arrays.items() if a is not None})
 
 
 _HIDDEN_RE = re.compile(r"hidden size 1 does not match the model's (\d+)")
@@ -224,12 +281,17 @@ class TritonClient:
 
         call = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
         finished = False
+        ended: set[int] = set()  # choices that have sent their finish reason
         try:
             async for result, error in call:
                 if error is not None:
                     finished = True
                     raise from_triton_message(str(error.message() if hasattr(error, "message") else error))
                 delta = read_delta(result)
+                if delta.finish_reason:
+                    ended.add(delta.index)
+                # One choice's finish reason ends the request only when every choice has ended.
+                delta.final = len(ended) >= request.choices or _final_flag(result)
                 yield delta
                 if delta.final:
                     finished = True
