@@ -21,6 +21,7 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 # vLLM's bounds: n (this server's cap on sequences per prompt) and max_logprobs (vLLM's default 20).
 MAX_N = 16
 MAX_LOGPROBS = 20
+GREEDY_TEMPERATURE = 1e-5  # below it vLLM samples greedily (its _SAMPLING_EPS)
 TokenIds = list[Annotated[int, Field(ge=0)]]
 # The frontend does not know the vocabulary: top_k and token ids are bounded by int64 here, and by
 # the vocabulary in the model (a 400 from its INVALID_ARG).
@@ -150,6 +151,13 @@ class SamplingFields(StrictModel):
     def _stream_options_need_stream(self) -> "SamplingFields":
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options can only be given with stream=true")
+        return self
+
+    @model_validator(mode="after")
+    def _n_needs_sampling(self) -> "SamplingFields":
+        # vLLM's SamplingParams rule and wording: greedy decoding gives one sequence.
+        if self.n > 1 and self.temperature is not None and self.temperature < GREEDY_TEMPERATURE:
+            raise ValueError(f"n must be 1 when using greedy sampling, got {self.n}.")
         return self
 
     @model_validator(mode="after")
