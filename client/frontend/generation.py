@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import torch
@@ -23,7 +24,7 @@ from fastapi import Request
 
 from backend.errors import ServingError, ValidationError
 from client.frontend import sse
-from client.frontend.config import FrontendConfig, hidden_size_from_model_path
+from client.frontend.config import FrontendConfig
 from client.frontend.errors import APIError, from_serving_error, to_api_error
 from client.frontend.limits import Budget
 from client.frontend.logprobs import TokenText
@@ -34,6 +35,16 @@ from client.frontend.triton_client import Delta, GenerationClient, TritonRequest
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
+MODEL_FACTS_LOGGED = ("hidden_size", "max_model_len", "dtype", "vocab_size", "model")
+
+
+def _positive_fact(facts: dict[str, Any], key: str) -> int:
+    """One integer fact of the model; 503 when the model did not publish it."""
+    value = facts.get(key)
+    if type(value) is not int or value < 1:
+        raise APIError(503, f"the model did not publish its {key}; start the frontend with "
+                            f"--{key.replace('_', '-')}")
+    return value
 
 
 class FrontendState:
@@ -44,31 +55,39 @@ class FrontendState:
         self.client = client
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="embeds-decode")
-        self._hidden_size = config.hidden_size
-        if self._hidden_size is None and config.model_path is not None:
-            self._hidden_size = hidden_size_from_model_path(config.model_path)
-        self._hidden_lock = asyncio.Lock()
-        self.max_request_rows = config.max_request_rows
+        self._facts: dict[str, Any] | None = None
+        self._facts_lock = asyncio.Lock()
         self.embed_bytes = Budget("embedding bytes", config.max_embed_bytes_in_flight, config.limit_wait_s,
                                   "prompt_embeds")
         self.streams = Budget("Triton streams", config.max_triton_streams, config.limit_wait_s)
         self._tokenizer: Any = None
+        self._tokenizer_path: Path | None = config.model_path
         self._token_text: TokenText | None = None
         # A fast tokenizer must not be used from two threads at once ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
 
+    async def facts(self) -> dict[str, Any]:
+        """The served model's facts (hidden size, context, vocabulary, path), asked of the model once."""
+        if self._facts is None:
+            async with self._facts_lock:
+                if self._facts is None:
+                    self._facts = await self.client.model_facts()
+                    logger.info("model facts: %s", {k: self._facts.get(k) for k in MODEL_FACTS_LOGGED})
+        return self._facts
+
     async def limits(self) -> PayloadLimits:
-        """Payload limits; the hidden size is probed from the model once when not configured."""
-        if self._hidden_size is None:
-            async with self._hidden_lock:
-                if self._hidden_size is None:
-                    probe = getattr(self.client, "probe_hidden_size", None)
-                    if probe is None:
-                        raise APIError(503, "the model's hidden size is unknown; start with --hidden-size")
-                    self._hidden_size = await probe()
-                    logger.info("hidden size %d (probed from the inference server)", self._hidden_size)
-        return PayloadLimits(hidden_size=self._hidden_size, max_rows=self.config.max_embed_rows,
+        """Payload limits: --hidden-size, else the model's own hidden size (asked once)."""
+        hidden_size = self.config.hidden_size
+        if hidden_size is None:
+            hidden_size = _positive_fact(await self.facts(), "hidden_size")
+        return PayloadLimits(hidden_size=hidden_size, max_rows=self.config.max_embed_rows,
                              allow_pickle=self.config.allow_pickle)
+
+    async def max_request_rows(self) -> int:
+        """Embedding rows per request, all payloads together: --max-model-len, else the model's context."""
+        if self.config.max_model_len is not None:
+            return self.config.max_model_len
+        return _positive_fact(await self.facts(), "max_model_len")
 
     async def offload(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a CPU-bound call in the worker pool, never on the event loop."""
@@ -88,9 +107,10 @@ class FrontendState:
             raise APIError(400, f"{len(payloads)} prompt_embeds payloads exceed the limit of "
                                 f"{self.config.max_embed_parts}", request_parameter)
         limits = await self.limits()
+        max_rows = await self.max_request_rows()
         lease = await self.embed_bytes.take(payload_bytes(payloads), scope)
         try:
-            return await self.offload(decode_request_embeds, payloads, limits, max_total_rows=self.max_request_rows,
+            return await self.offload(decode_request_embeds, payloads, limits, max_total_rows=max_rows,
                                       payload_format=payload_format, parameters=parameters,
                                       request_parameter=request_parameter)
         except ValidationError as exc:
@@ -109,16 +129,21 @@ class FrontendState:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.config.model_path)
+            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path)
             self._token_text = TokenText(self._tokenizer)
         return self._tokenizer
 
     async def token_text(self, parameter: str) -> TokenText:
         """Token strings for logprobs (the served model's tokenizer); 400 naming `parameter` without one."""
         if self._token_text is None:
-            if self.config.model_path is None:
-                raise APIError(400, f"{parameter} needs the frontend started with --model-path (the tokenizer "
-                                    "that turns token ids into strings)", parameter)
+            if self._tokenizer_path is None:
+                # The model's own directory, when this machine has it (the frontend beside Triton).
+                served = (await self.facts()).get("model")
+                if isinstance(served, str) and (Path(served) / "tokenizer_config.json").is_file():
+                    self._tokenizer_path = Path(served)
+            if self._tokenizer_path is None:
+                raise APIError(400, f"{parameter} needs the model's tokenizer: start the frontend with "
+                                    "--model-path", parameter)
             await self.offload(self._locked, self._load_tokenizer)
         return self._token_text
 

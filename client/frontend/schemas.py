@@ -18,9 +18,6 @@ from backend.sampling import INT64_MAX, read_field
 from client.frontend.payloads import FORMATS
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
-# vLLM's bounds: n (this server's cap on sequences per prompt) and max_logprobs (vLLM's default 20).
-MAX_N = 16
-MAX_LOGPROBS = 20
 GREEDY_TEMPERATURE = 1e-5  # below it vLLM samples greedily (its _SAMPLING_EPS)
 TokenIds = list[Annotated[int, Field(ge=0)]]
 # The frontend does not know the vocabulary: top_k and token ids are bounded by int64 here, and by
@@ -121,7 +118,7 @@ class SamplingFields(StrictModel):
     """The sampling parameters both endpoints share (OpenAI's plus vLLM's extras)."""
 
     model: str | None = None
-    n: Annotated[int, Field(ge=1, le=MAX_N, strict=True)] = 1
+    n: Annotated[int, _sampling_value("n")] = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Annotated[list[str] | None, _sampling_value("stop")] = None
@@ -202,7 +199,7 @@ class CompletionRequest(SamplingFields):
     prompt_embeds: str | list[str] | None = None
     max_tokens: Annotated[int | None, _sampling_value("max_tokens")] = 16
     echo: bool | None = False
-    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS, strict=True)] | None = None
+    logprobs: Annotated[int | None, _sampling_value("logprobs")] = None
     prompt_logprobs: int | None = None
     suffix: str | None = None
 
@@ -270,7 +267,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: Annotated[int | None, _sampling_value("max_tokens")] = None
     max_completion_tokens: Annotated[int | None, _sampling_value("max_tokens")] = None
     logprobs: bool | None = False
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS, strict=True)] | None = None
+    top_logprobs: Annotated[int | None, _sampling_value("logprobs")] = None
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":

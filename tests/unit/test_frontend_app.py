@@ -42,9 +42,16 @@ class FakeClient:
     def __init__(self) -> None:
         self.requests: list[TritonRequest] = []
         self.ready = True
+        self.facts_asked = 0
+        self.facts = {"hidden_size": HIDDEN, "max_model_len": 16384, "vocab_size": 300, "model": "not/here",
+                      "dtype": "float32"}
 
     async def is_ready(self) -> bool:
         return self.ready
+
+    async def model_facts(self) -> dict[str, Any]:
+        self.facts_asked += 1
+        return self.facts
 
     async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
         self.requests.append(request)
@@ -246,6 +253,28 @@ def test_prompts_per_request_are_capped() -> None:
         assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
         assert client.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 200
     assert len(fake.requests) == 2
+
+
+def test_model_facts_are_asked_once_and_bound_payloads() -> None:
+    """No --hidden-size or --max-model-len: the model's published facts give both (asked once)."""
+    fake = FakeClient()
+    fake.facts = {**fake.facts, "max_model_len": 6}
+    app = create_app(FrontendConfig(), client_factory=lambda: fake)
+    part = {"type": "prompt_embeds", "data": encode_prompt_embeds(torch.randn(4, HIDDEN))}
+    wrong = {"type": "prompt_embeds", "data": encode_prompt_embeds(torch.randn(4, HIDDEN + 1))}
+    with TestClient(app) as client:
+        for content, message in (([part, part], "context of 6"), ([wrong], "hidden size")):
+            response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+            assert response.status_code == 400 and message in response.json()["error"]["message"]
+        assert client.post("/v1/completions", json={"prompt_embeds": part["data"]}).status_code == 200
+    assert fake.facts_asked == 1
+
+
+def test_logprobs_use_the_models_own_tokenizer_when_it_is_here() -> None:
+    fake = FakeClient()
+    fake.facts = {**fake.facts, "model": str(TINY_MODEL)}
+    with TestClient(create_app(FrontendConfig(hidden_size=HIDDEN), client_factory=lambda: fake)) as client:
+        assert client.post("/v1/completions", json={"prompt": "x", "logprobs": 1}).status_code == 200
 
 
 def test_request_rows_over_the_context_are_refused() -> None:

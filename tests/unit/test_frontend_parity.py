@@ -40,6 +40,9 @@ class LogprobsClient:
     async def is_ready(self) -> bool:
         return True
 
+    async def model_facts(self) -> dict[str, Any]:
+        return {"hidden_size": 8, "max_model_len": 8192}
+
     async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
         self.requests.append(request)
         m = request.sampling.get("logprobs")

@@ -112,18 +112,27 @@ def test_chat_message_refusals(message: dict) -> None:
 @pytest.mark.parametrize(
     "text,status,param",
     [
-        ("prompt_embeds: hidden size 129 does not match the model's 128", 400, "prompt_embeds"),
-        ("prompt_embeds_fp16: contains NaN or infinite values", 400, "prompt_embeds"),
-        ("text_input: prompt of 6 tokens plus max_tokens 9000 exceeds the context of 8192", 400, "prompt"),
-        ("messages: messages[0].role must be one of [...]", 400, "messages"),
-        ("sampling_parameters: temperature must be non-negative", 400, "sampling_parameters"),
-        ("overloaded: 256 requests already queued", 429, None),
-        ("the engine died; the model must be reloaded", 503, None),
+        ("[INVALID_ARG] prompt_embeds: hidden size 129 does not match the model's 128", 400, "prompt_embeds"),
+        ("[INVALID_ARG] prompt_embeds_fp16: contains NaN or infinite values", 400, "prompt_embeds"),
+        ("[INVALID_ARG] text_input: prompt of 6 tokens plus max_tokens 9000 exceeds the context", 400, "prompt"),
+        ("[INVALID_ARG] input_ids: holds a token id outside the vocabulary", 400, "prompt"),
+        ("[INVALID_ARG] messages: messages[0].role must be one of [...]", 400, "messages"),
+        ("[INVALID_ARG] sampling_parameters: temperature must be non-negative", 400, "temperature"),
+        ("[INVALID_ARG] sampling_parameters: structured_outputs is not valid: bad regex", 400, "structured_outputs"),
+        ("[INVALID_ARG] sampling_parameters: structured_outputs.choice must be a list", 400, "structured_outputs"),
+        ("[INVALID_ARG] sampling_parameters: must be a JSON object", 400, "sampling_parameters"),
+        ("[StatusCode.INVALID_ARGUMENT] [INVALID_ARG] request: engine check", 400, "request"),
+        ("[UNAVAILABLE] overloaded: 256 requests already queued", 429, None),
+        ("[UNAVAILABLE] the engine died; the model must be reloaded", 503, None),
         ("Request for unknown model: 'vllm_model' is not found", 503, None),
-        ("request cancelled by the client", 499, None),
-        ("internal error: KeyError: 'x'", 500, None),
-        ("foo: not one of our inputs", 500, None),
+        ("[CANCELLED] request cancelled by the client", 499, None),
+        ("[INTERNAL] internal error: KeyError: 'x'", 500, None),
+        ("[INVALID_ARG] foo: not one of our inputs", 400, None),
+        ("[UNAVAILABLE] shutting down", 503, None),
     ],
+    ids=["embeds", "embeds_fp16", "text_input", "input_ids", "messages", "sampling_field", "structured_outputs",
+         "structured_choice", "sampling_whole", "request", "overloaded", "engine_died", "untagged_triton",
+         "cancelled", "internal", "unknown_input", "unavailable_any_wording"],
 )
 def test_triton_error_text_mapping(text: str, status: int, param: str | None) -> None:
     error = from_triton_message(text)
@@ -132,7 +141,7 @@ def test_triton_error_text_mapping(text: str, status: int, param: str | None) ->
 
 
 def test_triton_error_names_the_openai_parameter() -> None:
-    error = from_triton_message("text_input: prompt of 6 tokens leaves no room")
+    error = from_triton_message("[INVALID_ARG] text_input: prompt of 6 tokens leaves no room")
     assert error.message == "prompt: prompt of 6 tokens leaves no room"
 
 
