@@ -22,7 +22,8 @@ def request(n: int = 1, logprobs: int | None = None, stream: bool = True, **flag
 
 
 def chunk(index: int, token: int, *, finish: str | None = None, final: bool = False, lp: bool = False) -> Chunk:
-    extra = dict(logprobs=[-0.1 * token], top_logprobs_ids=[[token, 0]], top_logprobs=[[-0.1 * token, -5.0]]) if lp else {}
+    extra = ({"logprobs": [-0.1 * token], "top_logprobs_ids": [[token, 0]], "top_logprobs": [[-0.1 * token, -5.0]]}
+             if lp else {})
     return Chunk(f"<{index}:{token}>", [token], final=final, finish_reason=finish, index=index, **extra)
 
 
