@@ -77,6 +77,9 @@ def test_n_3_with_a_seed_gives_vllms_three_choices(triton, offline):
     assert [ours.choices[i].token_ids for i in range(3)] == [list(o.token_ids) for o in theirs]
     assert len({tuple(o.token_ids) for o in theirs}) > 1  # the seeds differ per choice: a real test
     assert all(ours.choices[i].finish_reason == theirs[i].finish_reason for i in range(3))
+    whole = generate(triton.grpc_url, input_ids=ODD_IDS, stream=False, exclude_input_in_output=True,
+                     sampling=sampling)  # one response per choice, the final flag after the last
+    assert [whole.choices[i].text for i in range(3)] == [o.text for o in theirs] and whole.responses == 3
 
 
 @pytest.mark.parametrize("structured", [
