@@ -139,3 +139,5 @@ INPUT_TO_OPENAI: dict[str, str | None] = {
 # Every error message the model sends starts with "[TAG] " (backend.errors formats it,
 # client.triton_errors parses it): gRPC streams carry only the message text.
 ERROR_TAGS = ("INVALID_ARG", "UNAVAILABLE", "CANCELLED", "INTERNAL")
+# An UNAVAILABLE error from admission control (too much queued) starts with this after the tag.
+OVERLOADED_PREFIX = "overloaded: "

@@ -5,7 +5,6 @@ Only this module imports triton_python_backend_utils.
 
 from __future__ import annotations
 
-
 import logging
 import threading
 from typing import Any

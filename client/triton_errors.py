@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from backend.interface import ERROR_TAGS, INPUT_NAMES
+from backend.interface import ERROR_TAGS, INPUT_NAMES, OVERLOADED_PREFIX
 
 # "[KIND] parameter: message"; the parameter part only when it names one of the model's inputs
 # (or "request", the engine's own checks).
@@ -22,6 +22,11 @@ class TritonErrorInfo:
     kind: str | None  # one of backend.interface.ERROR_TAGS
     parameter: str | None  # a model input name ("sampling_parameters"), or "request"
     message: str  # the text after the tag (still starting with "parameter: ")
+
+    @property
+    def overloaded(self) -> bool:
+        """The model's admission control refused it ("[UNAVAILABLE] overloaded: ..."): retry later (HTTP 429)."""
+        return self.kind == "UNAVAILABLE" and self.message.startswith(OVERLOADED_PREFIX)
 
 
 def parse_error(text: str) -> TritonErrorInfo:

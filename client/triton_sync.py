@@ -50,4 +50,4 @@ def model_info(url: str = "localhost:8001", model: str = MODEL_NAME, *, timeout_
         client.close()
 
 
-__all__ = ["generate", "model_info", "InferenceServerException"]
+__all__ = ["InferenceServerException", "generate", "model_info"]

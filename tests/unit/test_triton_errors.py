@@ -49,3 +49,13 @@ def test_a_parameter_is_only_a_model_input_name():
 def test_long_messages_stay_bounded_and_tagged():
     text = tagged_message(ValidationError("messages", "x" * 5000))
     assert text.startswith("[INVALID_ARG] messages: ") and len(text) < 400
+
+
+def test_overload_is_told_apart_from_other_unavailable_errors():
+    from backend.admission import check_admission
+
+    with pytest.raises(OverloadedError) as info:
+        check_admission(accepting=True, engine_ready=True, queued_prompt_tokens=[1, 1], prompt_tokens=1,
+                        max_queued_requests=2, max_queued_prompt_tokens=100)
+    assert parse_error(tagged_message(info.value)).overloaded
+    assert not parse_error(tagged_message(EngineUnavailableError("the engine died"))).overloaded
