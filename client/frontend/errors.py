@@ -91,7 +91,7 @@ def from_triton_message(text: str) -> APIError:
     if info.kind is None:
         return APIError(_UNTAGGED_STATUS, message)
     status = _TAG_STATUS[info.kind]
-    if info.kind == "UNAVAILABLE" and message.startswith("overloaded"):
+    if info.overloaded:
         status = 429  # the model's admission control: retry later
     param = None
     if status == 400 and info.parameter is not None:
