@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from backend.errors import EngineUnavailableError, OverloadedError
+from backend.interface import OVERLOADED_PREFIX
 
 
 def check_admission(*, accepting: bool, engine_ready: bool, queued_prompt_tokens: Iterable[int],
@@ -19,7 +20,7 @@ def check_admission(*, accepting: bool, engine_ready: bool, queued_prompt_tokens
         raise EngineUnavailableError("the engine is restarting; retry shortly")
     queued = list(queued_prompt_tokens)
     if len(queued) >= max_queued_requests:
-        raise OverloadedError(f"overloaded: {len(queued)} requests already queued")
+        raise OverloadedError(f"{OVERLOADED_PREFIX}{len(queued)} requests already queued")
     tokens = sum(queued) + prompt_tokens
     if queued and tokens > max_queued_prompt_tokens:
-        raise OverloadedError(f"overloaded: {tokens} prompt tokens would be queued")
+        raise OverloadedError(f"{OVERLOADED_PREFIX}{tokens} prompt tokens would be queued")

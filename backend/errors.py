@@ -71,3 +71,13 @@ def public_message(exc: BaseException, limit: int = 300) -> str:
     """Short, bounded error text for clients; internal errors don't leak their details' size."""
     text = str(exc) if isinstance(exc, ServingError) else f"internal error: {type(exc).__name__}: {exc}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tagged_message(exc: BaseException) -> str:
+    """The error text the model sends: "[INVALID_ARG] sampling_parameters: ...".
+
+    The kind tag (the Triton code name, see backend.interface.ERROR_TAGS) leads the text because
+    a gRPC stream carries only the message; client.triton_errors.parse_error reads it back.
+    """
+    code_name, _ = ERROR_CODES[error_kind(exc)]
+    return f"[{code_name}] {public_message(exc)}"

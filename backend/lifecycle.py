@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import signal
@@ -40,6 +41,25 @@ def engine_processes(engine: Any) -> list[int]:
     return pids
 
 
+def model_info(engine: Any) -> ModelInfo:
+    """The facts request parsing needs, read from a started engine (the same for its replacements)."""
+    config = engine.model_config
+    tokenizer = engine.get_tokenizer()
+    vllm_config = getattr(engine, "vllm_config", None)
+
+    def verify(params: Any) -> None:
+        # vLLM's own checks, as its input processor runs them (structured-output grammars are
+        # compiled here): on a copy, because verify() records the chosen backend in the params.
+        copy.deepcopy(params).verify(config, vllm_config.speculative_config,
+                                     vllm_config.structured_outputs_config, tokenizer)
+
+    max_logprobs = config.max_logprobs if config.max_logprobs >= 0 else config.get_vocab_size()
+    return ModelInfo(hidden_size=config.get_hidden_size(), max_model_len=config.max_model_len,
+                     dtype=config.dtype, tokenizer=tokenizer, model=str(config.model),
+                     max_logprobs=max_logprobs, sampling_defaults=dict(config.get_diff_sampling_param()),
+                     verify_sampling=verify if vllm_config is not None else None)
+
+
 class EngineLifecycle:
     """Holds the current engine; replaces it in place (off the loop) when it died or stalled."""
 
@@ -53,9 +73,7 @@ class EngineLifecycle:
     def start(self) -> ModelInfo:
         """Start the first engine (on the loop thread; blocks it while the engine starts)."""
         self.engine = self._factory()
-        config = self.engine.model_config
-        return ModelInfo(hidden_size=config.get_hidden_size(), max_model_len=config.max_model_len,
-                         dtype=config.dtype, tokenizer=self.engine.get_tokenizer())
+        return model_info(self.engine)
 
     @property
     def ready(self) -> bool:

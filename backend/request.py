@@ -7,7 +7,7 @@ prompt-embedding inputs are added. Every failure is a ValidationError naming the
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -15,15 +15,10 @@ import torch
 from backend.config import ServingConfig
 from backend.embeddings import split_parts, validate_embeddings
 from backend.errors import ValidationError
-from backend.prompt import PromptBuilder
-from backend.sampling import parse_sampling_params
+from backend.interface import EMBEDDING_INPUTS, INPUT_IDS, RETURN_FLAGS
+from backend.prompt import EnginePrompt, PromptBuilder
+from backend.sampling import DEFAULT_MAX_LOGPROBS, parse_sampling_params
 from backend.types import GenerationRequest  # defined with the other shared types; imported here for callers
-
-# One name per wire dtype: Triton fixes an input's datatype in config.pbtxt.
-EMBEDDING_INPUTS = ("prompt_embeds", "prompt_embeds_fp16", "prompt_embeds_bf16")
-RETURN_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
-                "return_output_token_ids")
-
 
 
 def _scalar_bool(inputs: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -97,25 +92,56 @@ def _embeddings(inputs: Mapping[str, Any], config: ServingConfig, hidden_size: i
     return split_parts(tensor, lengths, max_parts=config.max_embedding_parts)
 
 
+def _input_ids(inputs: Mapping[str, Any], vocab_size: int, max_ids: int) -> list[int] | None:
+    """The `input_ids` tensor: a 1-D integer tensor of ids in [0, vocab_size), at most max_ids long."""
+    value = inputs.get(INPUT_IDS)
+    if value is None:
+        return None
+    others = [name for name in ("text_input", "messages", *EMBEDDING_INPUTS, "prompt_embeds_lengths")
+              if inputs.get(name) is not None]
+    if others:
+        raise ValidationError(INPUT_IDS, f"give input_ids alone, not with {others[0]}")
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu" or array.ndim != 1:
+        raise ValidationError(INPUT_IDS, "must be a 1-D INT64 tensor")
+    if array.size == 0:
+        raise ValidationError(INPUT_IDS, "the prompt is empty")
+    if array.size > max_ids:
+        raise ValidationError(INPUT_IDS, f"{array.size} ids leave no room in the context of {max_ids + 1}")
+    if int(array.min()) < 0 or int(array.max()) >= vocab_size:
+        raise ValidationError(INPUT_IDS, f"holds a token id outside the vocabulary [0, {vocab_size})")
+    return [int(i) for i in array.tolist()]
+
+
 def parse_request(
     inputs: Mapping[str, Any],
     builder: PromptBuilder,
     config: ServingConfig,
     max_model_len: int,
     vocab_size: int | None = None,
+    *,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+    sampling_defaults: Mapping[str, Any] | None = None,
+    verify_sampling: Callable[[Any], None] | None = None,
 ) -> GenerationRequest:
     """Validate every input and build the engine prompt; raises ValidationError on bad input.
 
     `vocab_size` bounds token ids and top_k; by default the tokenizer's size (ids past it are
-    never real tokens, and vLLM refuses ids past the model's own vocabulary).
+    never real tokens, and vLLM refuses ids past the model's own vocabulary). `max_logprobs`,
+    `sampling_defaults` and `verify_sampling` come from the engine (see ModelInfo).
     """
+    vocab_size = len(builder.tokenizer) if vocab_size is None else vocab_size
+    ids = _input_ids(inputs, vocab_size, max_ids=max_model_len - 1)
     text = _scalar_string(inputs, "text_input", config.max_request_json_bytes)
     messages = _json_input(inputs, "messages", config.max_request_json_bytes)
     if text is not None and messages is not None:
         raise ValidationError("messages", "give either messages or text_input, not both")
     parts = _embeddings(inputs, config, builder.hidden_size, max_rows=max_model_len - 1)
 
-    if messages is not None:
+    if ids is not None:
+        # Sent as they are: no tokenization, no BOS, no round trip through text.
+        prompt, prompt_input = EnginePrompt(token_ids=ids), INPUT_IDS
+    elif messages is not None:
         prompt, prompt_input = builder.from_messages(messages, parts), "messages"
     elif text is not None:
         prompt, prompt_input = builder.from_text(text, parts), "text_input"
@@ -124,7 +150,7 @@ def parse_request(
             raise ValidationError("prompt_embeds_lengths", "several parts need messages or text_input with placeholders")
         prompt, prompt_input = builder.from_embeddings(parts[0]), "prompt_embeds"
     else:
-        raise ValidationError("text_input", "one of text_input, messages or prompt_embeds is required")
+        raise ValidationError("text_input", "one of text_input, messages, input_ids or prompt_embeds is required")
     if prompt.num_tokens == 0:
         raise ValidationError(prompt_input, "the prompt is empty")
 
@@ -136,9 +162,11 @@ def parse_request(
         raise ValidationError("exclude_input_in_output", "must be true when streaming")
     sampling = parse_sampling_params(
         _json_input(inputs, "sampling_parameters", config.max_request_json_bytes),
-        vocab_size=len(builder.tokenizer) if vocab_size is None else vocab_size,
-        prompt_tokens=prompt.num_tokens, max_model_len=max_model_len, prompt_input=prompt_input,
+        vocab_size=vocab_size, prompt_tokens=prompt.num_tokens, max_model_len=max_model_len,
+        prompt_input=prompt_input, max_logprobs=max_logprobs, defaults=sampling_defaults, verify=verify_sampling,
     )
+    if ids is not None and not exclude_input:  # the echo of a token-id prompt is its decoded text
+        prompt.echo_text = builder.tokenizer.decode(ids)
     flags = {name: _scalar_bool(inputs, name, False) for name in RETURN_FLAGS}
-    return GenerationRequest(prompt=prompt, sampling=sampling, stream=stream,
-                             exclude_input_in_output=exclude_input, **flags)
+    return GenerationRequest(prompt=prompt, sampling=sampling, stream=stream, exclude_input_in_output=exclude_input,
+                             n=sampling.n, logprobs=sampling.logprobs, **flags)

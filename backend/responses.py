@@ -12,6 +12,7 @@ Output shaping lives here too: echo of the prompt, which optional outputs a resp
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -21,6 +22,29 @@ from collections.abc import Callable
 from backend.types import Chunk, GenerationRequest, Response, ResponseSink
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Pending:
+    """One choice's output not yet sent."""
+
+    text: list[str] = dataclasses.field(default_factory=list)
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_ids: list[list[int]] = dataclasses.field(default_factory=list)
+    top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = None
+    ended: bool = False
+
+    def add(self, chunk: Chunk) -> None:
+        self.text.append(chunk.text)
+        self.token_ids.extend(chunk.token_ids)
+        if chunk.logprobs is not None:
+            self.logprobs.extend(chunk.logprobs)
+            self.top_ids.extend(chunk.top_logprobs_ids or [])
+            self.top_logprobs.extend(chunk.top_logprobs or [])
+        if chunk.finish_reason is not None or chunk.final:
+            self.ended, self.finish_reason = True, chunk.finish_reason
 
 
 class ResponseStream:
@@ -34,25 +58,26 @@ class ResponseStream:
         self.on_cancel: Callable[[], None] | None = None  # set by the engine side: ends the request
         self.closed = False  # the final response went to the sink (set by the sender thread)
         self._lock = threading.Lock()
-        self._text: list[str] = []
-        self._token_ids: list[int] = []
+        self._pending: dict[int, _Pending] = {}  # by choice index, in order of arrival
         self._final = False
-        self._finish_reason: str | None = None
         self._error: BaseException | None = None
         self._scheduled = False  # in its sender's queue, waiting to be taken
-        self._echo_pending = not request.exclude_input_in_output
+        # Choices whose prompt echo is still due (non-streaming with exclude_input_in_output=false).
+        self._echo_pending: set[int] = set() if request.exclude_input_in_output else set(range(request.n))
 
     def push(self, chunk: Chunk) -> bool:
         """Append one chunk; True when the stream must be queued for its sender."""
         with self._lock:
             if self._final:
                 return False  # nothing after the final chunk or an error
-            self._text.append(chunk.text)
-            self._token_ids.extend(chunk.token_ids)
+            if chunk.text or chunk.token_ids or chunk.finish_reason is not None or self.request.n == 1:
+                self._pending.setdefault(chunk.index, _Pending()).add(chunk)
+            # else: n > 1 and the request's end with no choice in it (vLLM can end a parent request
+            # after its last choice's own end): only the final flag is left to send.
             if chunk.final:
-                self._final, self._finish_reason = True, chunk.finish_reason
+                self._final = True
             elif not self.request.stream:
-                return False  # not streamed: one response, at the end
+                return False  # not streamed: one response per choice, at the end
             return self._schedule()
 
     def fail(self, exc: BaseException) -> bool:
@@ -69,28 +94,35 @@ class ResponseStream:
         self._scheduled = True
         return True
 
-    def take(self) -> tuple[Response | None, BaseException | None, bool]:
-        """Everything pending as one response (None when there is no output to send), the error, final."""
+    def take(self) -> tuple[list[Response], BaseException | None, bool]:
+        """Everything pending, one response per choice with output (the request's last one last),
+        the error, and whether the request ended."""
         with self._lock:
             self._scheduled = False
-            text, token_ids = "".join(self._text), self._token_ids
-            self._text, self._token_ids = [], []
-            final, error, reason = self._final, self._error, self._finish_reason
-        ends_here = final and error is None
-        if not (text or token_ids or ends_here):
-            return None, error, final
-        return self._shape(text, token_ids, reason, ends_here), error, final
+            pending, self._pending = self._pending, {}
+            final, error = self._final, self._error
+        responses = [self._shape(index, p) for index, p in pending.items()
+                     if "".join(p.text) or p.token_ids or (p.ended and error is None)]
+        return responses, error, final
 
-    def _shape(self, text: str, token_ids: list[int], reason: str | None, final: bool) -> Response:
+    def _shape(self, index: int, pending: _Pending) -> Response:
         request = self.request
-        if self._echo_pending:  # non-streaming with exclude_input_in_output=false, as vllm_backend
-            text, self._echo_pending = request.prompt.echo_text + text, False
+        text = "".join(pending.text)
+        if index in self._echo_pending:  # non-streaming with exclude_input_in_output=false, as vllm_backend
+            text = request.prompt.echo_text + text
+            self._echo_pending.discard(index)
+        ended = pending.ended
+        with_logprobs = request.logprobs is not None
         return Response(
             text=text,
-            token_ids=token_ids if request.return_output_token_ids else None,
-            num_output_tokens=len(token_ids) if request.return_num_output_tokens else None,
-            finish_reason=(reason or "") if final and request.return_finish_reason else None,
-            num_input_tokens=request.prompt.num_tokens if final and request.return_num_input_tokens else None,
+            token_ids=pending.token_ids if request.return_output_token_ids or with_logprobs else None,
+            num_output_tokens=len(pending.token_ids) if request.return_num_output_tokens else None,
+            finish_reason=(pending.finish_reason or "") if ended and request.return_finish_reason else None,
+            num_input_tokens=request.prompt.num_tokens if ended and request.return_num_input_tokens else None,
+            index=index if request.n > 1 else None,
+            logprobs=pending.logprobs if with_logprobs else None,
+            top_logprobs_ids=pending.top_ids if with_logprobs else None,
+            top_logprobs=pending.top_logprobs if with_logprobs else None,
         )
 
 
@@ -153,15 +185,16 @@ class ResponseSender:
                 logger.exception("sending a response failed")
 
     def _deliver(self, stream: ResponseStream) -> None:
-        response, error, final = stream.take()
+        responses, error, final = stream.take()
+        for i, response in enumerate(responses):
+            last = i == len(responses) - 1
+            stream.sink.send(response, final=final and error is None and last)
+            self.responses_sent += 1
         if error is not None:
-            if response is not None:
-                stream.sink.send(response, final=False)
-                self.responses_sent += 1
             stream.sink.send_error(error)
             self.responses_sent += 1
-        elif response is not None:
-            stream.sink.send(response, final=final)
+        elif final and not responses:
+            stream.sink.send(None, final=True)  # every choice's output went out already
             self.responses_sent += 1
         if final:
             stream.closed = True

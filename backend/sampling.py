@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from backend.errors import ValidationError
+from backend.interface import MAX_N, STRUCTURED_OUTPUT_KINDS
 from backend.prompt import check_text
 
 if TYPE_CHECKING:
@@ -44,6 +45,13 @@ MAX_BAD_WORD_CHARS = 256
 MAX_LOGIT_BIAS_ENTRIES = 1024
 # A number written as a string: longer than any int64 or float literal a client would write.
 MAX_NUMBER_CHARS = 32
+# vLLM's default max_logprobs; the engine's configured value bounds `logprobs` where it is known.
+DEFAULT_MAX_LOGPROBS = 20
+# Structured outputs: a regex, grammar or JSON schema text, and the choices. vLLM compiles them on
+# the request path (and bounds JSON nesting itself); these caps bound the text it gets.
+MAX_STRUCTURED_CHARS = 64 * 1024
+MAX_CHOICES = 256
+MAX_CHOICE_CHARS = 1024
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,20}")  # ASCII digits only: int() would also take "٣" and "1_0"
 _FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
@@ -53,12 +61,13 @@ _FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9
 class Field:
     """How one field is read: its kind, its range (inclusive unless low_open) and list caps."""
 
-    kind: Literal["bool", "int", "float", "strings", "token_ids", "logit_bias"]
+    kind: Literal["bool", "int", "float", "strings", "token_ids", "logit_bias", "structured"]
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     also: tuple[int, ...] = ()  # values allowed outside the range (top_k's "disabled")
     high_is_vocab: bool = False  # the range ends at the vocabulary size (exclusive for ids)
+    high_is_max_logprobs: bool = False  # the range ends at the engine's max_logprobs
     max_items: int = 0
     max_chars: int = 0
     single_string: bool = False  # `stop` may be one string instead of a list
@@ -83,7 +92,13 @@ FIELDS: dict[str, Field] = {
     "repetition_penalty": Field("float", 0.0, MAX_REPETITION_PENALTY, low_open=True),
     "bad_words": Field("strings", max_items=MAX_BAD_WORDS, max_chars=MAX_BAD_WORD_CHARS),
     "logit_bias": Field("logit_bias", -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT, max_items=MAX_LOGIT_BIAS_ENTRIES),
+    "n": Field("int", 1, MAX_N),
+    "logprobs": Field("int", 0, DEFAULT_MAX_LOGPROBS, high_is_max_logprobs=True),
+    "structured_outputs": Field("structured", max_items=MAX_CHOICES, max_chars=MAX_STRUCTURED_CHARS),
 }
+# Fields whose defaults a model's generation_config.json may set (vLLM's get_diff_sampling_param()).
+DEFAULTABLE = ("repetition_penalty", "presence_penalty", "frequency_penalty", "temperature", "top_k", "top_p",
+               "min_p", "max_tokens")
 # vLLM's default when max_tokens is absent (a unit test holds it to SamplingParams()). vLLM is imported
 # only to build the result, so the frontend can read this table without loading the engine's package.
 DEFAULT_MAX_TOKENS = 16
@@ -137,10 +152,11 @@ def read_float(key: str, value: Any) -> float:
     return value
 
 
-def _check_range(key: str, field: Field, value: float, vocab_size: int) -> None:
+def _check_range(key: str, field: Field, value: float, vocab_size: int,
+                 max_logprobs: int = DEFAULT_MAX_LOGPROBS) -> None:
     if value in field.also:
         return
-    high = vocab_size if field.high_is_vocab else field.high
+    high = vocab_size if field.high_is_vocab else max_logprobs if field.high_is_max_logprobs else field.high
     low_ok = field.low is None or (value > field.low if field.low_open else value >= field.low)
     if low_ok and (high is None or value <= high):
         return
@@ -206,17 +222,70 @@ def _read_logit_bias(key: str, field: Field, value: Any, vocab_size: int) -> dic
     return biases
 
 
+def _read_structured(key: str, field: Field, value: Any) -> dict[str, Any]:
+    """{"json" | "json_object" | "regex" | "choice" | "grammar": value}, exactly one, typed and capped.
+
+    Whether the regex, grammar or schema compiles is vLLM's own check (see parse_sampling_params).
+    """
+    if not isinstance(value, dict):
+        raise _fail(key, f"must be an object, not {_type_name(value)}")
+    kinds = [k for k in value if k in STRUCTURED_OUTPUT_KINDS]
+    unknown = sorted(str(k)[:40] for k in value if k not in STRUCTURED_OUTPUT_KINDS)
+    if unknown:
+        raise _fail(key, f"has unknown fields {unknown[:5]}; give one of {list(STRUCTURED_OUTPUT_KINDS)}")
+    if len(kinds) != 1:
+        raise _fail(key, f"must have exactly one of {list(STRUCTURED_OUTPUT_KINDS)}")
+    kind, spec = kinds[0], value[kinds[0]]
+    where = f"{key}.{kind}"
+    if kind == "json_object":
+        if spec is not True:
+            raise _fail(where, "must be true")
+    elif kind == "choice":
+        if not isinstance(spec, list) or not spec:
+            raise _fail(where, "must be a non-empty list of strings")
+        if len(spec) > field.max_items:
+            raise _fail(where, f"has {len(spec)} entries, over the limit of {field.max_items}")
+        for i, item in enumerate(spec):
+            if not isinstance(item, str):
+                raise _fail(where, f"must be a list of strings; entry {i} is {_type_name(item)}")
+            if len(item) > MAX_CHOICE_CHARS:
+                raise _fail(where, f"entry {i} has {len(item)} characters, over the limit of {MAX_CHOICE_CHARS}")
+            check_text(PARAMETER, item, f"{where}[{i}]")
+    elif kind == "json" and isinstance(spec, dict):
+        import json
+
+        try:  # its size as text, and it must encode (no lone surrogates)
+            size = len(json.dumps(spec, ensure_ascii=False).encode("utf-8"))
+        except (UnicodeEncodeError, RecursionError, ValueError):
+            raise _fail(where, "is not a JSON schema this server can encode") from None
+        if size > field.max_chars:
+            raise _fail(where, f"is {size} bytes, over the limit of {field.max_chars}")
+    else:  # json as text, regex, grammar
+        if not isinstance(spec, str):
+            raise _fail(where, f"must be a string{' or an object' if kind == 'json' else ''}, not {_type_name(spec)}")
+        if len(spec) > field.max_chars:
+            raise _fail(where, f"has {len(spec)} characters, over the limit of {field.max_chars}")
+        if kind != "regex" and not spec.strip():
+            raise _fail(where, "is empty")
+        if "\x00" in spec:
+            raise _fail(where, "must not contain a NUL character")
+        check_text(PARAMETER, spec, where)
+    return {kind: spec}
+
+
 _SCALAR_READERS: dict[str, Callable[[str, Any], Any]] = {"bool": read_bool, "int": read_int, "float": read_float}
 
 
-def read_field(key: str, value: Any, vocab_size: int) -> Any:
+def read_field(key: str, value: Any, vocab_size: int, max_logprobs: int = DEFAULT_MAX_LOGPROBS) -> Any:
     """One field's value, typed and in range; raises ValidationError naming the field."""
     field = FIELDS[key]
     if field.kind in _SCALAR_READERS:
         number = _SCALAR_READERS[field.kind](key, value)
         if field.kind != "bool":
-            _check_range(key, field, number, vocab_size)
+            _check_range(key, field, number, vocab_size, max_logprobs)
         return number
+    if field.kind == "structured":
+        return _read_structured(key, field, value)
     if field.kind == "strings":
         return _read_strings(key, field, value)
     if field.kind == "token_ids":
@@ -224,12 +293,26 @@ def read_field(key: str, value: Any, vocab_size: int) -> Any:
     return _read_logit_bias(key, field, value, vocab_size)
 
 
+def check_sampling_defaults(defaults: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
+    """The model's generation_config defaults, typed and in range as a client's values (at load)."""
+    unknown = sorted(set(defaults) - set(DEFAULTABLE))
+    if unknown:
+        raise ValidationError("generation_config", f"unsupported default sampling fields {unknown}")
+    return {key: read_field(key, value, vocab_size) for key, value in defaults.items() if value is not None}
+
+
 def parse_sampling_params(raw: Any, *, vocab_size: int, prompt_tokens: int, max_model_len: int,
-                          prompt_input: str) -> SamplingParams:
+                          prompt_input: str, max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+                          defaults: Mapping[str, Any] | None = None,
+                          verify: Callable[[SamplingParams], None] | None = None) -> SamplingParams:
     """The `sampling_parameters` JSON object -> SamplingParams whose every value the engine accepts.
 
-    `null` means "not given" (vLLM's default), except for max_tokens, where it means "up to the
-    context" (as vLLM's chat endpoint). The prompt plus max_tokens must fit the context.
+    `null` means "not given" (the model's default, else vLLM's), except for max_tokens, where it means
+    "up to the context" (as vLLM's chat endpoint; capped by the model's default max_tokens if it has
+    one). The prompt plus max_tokens must fit the context. `defaults` (checked by
+    check_sampling_defaults) fill unset fields as vLLM's OpenAI server fills them. `verify` is vLLM's
+    own SamplingParams check with the engine's configs; it runs when structured outputs are asked,
+    so a bad regex, grammar or schema is refused here, never in the engine.
     """
     if raw is None:
         raw = {}
@@ -238,16 +321,21 @@ def parse_sampling_params(raw: Any, *, vocab_size: int, prompt_tokens: int, max_
     unknown = sorted(str(key)[:40] for key in set(raw) - set(FIELDS))
     if unknown:
         raise ValidationError(PARAMETER, f"unknown or unsupported fields {unknown[:5]}")
-    params = {key: read_field(key, value, vocab_size) for key, value in raw.items() if value is not None}
-    if "max_tokens" in raw and raw["max_tokens"] is None:
-        params["max_tokens"] = None
+    defaults = defaults or {}
+    params = {key: read_field(key, value, vocab_size, max_logprobs) for key, value in raw.items() if value is not None}
+    for key, value in defaults.items():
+        if key != "max_tokens":
+            params.setdefault(key, value)
 
     room = max_model_len - prompt_tokens
     if room < 1:
         raise ValidationError(
             prompt_input, f"prompt of {prompt_tokens} tokens leaves no room in the context of {max_model_len}")
+    if "max_tokens" in raw and raw["max_tokens"] is None:
+        # As vLLM's get_max_tokens: the room left, or the model's default if smaller.
+        params["max_tokens"] = min(room, defaults["max_tokens"]) if "max_tokens" in defaults else None
     max_tokens = params.get("max_tokens", DEFAULT_MAX_TOKENS)
-    if "max_tokens" in params and max_tokens is not None and max_tokens > room:
+    if "max_tokens" in raw and max_tokens is not None and max_tokens > room:
         raise ValidationError(
             prompt_input,
             f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of {max_model_len}",
@@ -258,7 +346,23 @@ def parse_sampling_params(raw: Any, *, vocab_size: int, prompt_tokens: int, max_
     limit = room if max_tokens is None else max_tokens
     if params.get("min_tokens", 0) > limit:
         raise _fail("min_tokens", f"must be at most max_tokens ({limit})")
+    n = params.get("n", 1)
+    if n > 1 and params.get("seed") is not None and params["seed"] > INT64_MAX - (n - 1):
+        # vLLM gives choice i the seed seed + i, which must still fit 64 bits on its way to the engine.
+        raise _fail("seed", f"must be at most 2^63-{n} with n={n}")
+    structured = params.pop("structured_outputs", None)
     try:
-        return SamplingParams(**params)
+        if structured is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            params["structured_outputs"] = StructuredOutputsParams(**structured)
+        sampling = SamplingParams(**params)
     except (TypeError, ValueError, VLLMValidationError) as exc:  # a rule of vLLM's not mirrored above
         raise ValidationError(PARAMETER, str(exc)[:200]) from None
+    if structured is not None and verify is not None:
+        try:
+            verify(sampling)
+        except (TypeError, ValueError, RuntimeError, RecursionError, VLLMValidationError) as exc:
+            # xgrammar, guidance and outlines raise these for a pattern they cannot compile.
+            raise _fail("structured_outputs", f"is not valid: {str(exc)[:200]}") from None
+    return sampling

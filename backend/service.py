@@ -7,9 +7,12 @@ no Triton at all.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping
+
+import numpy as np
 
 from backend.config import (
     ServingConfig,
@@ -20,12 +23,38 @@ from backend.config import (
 )
 from backend.engine import EngineDriver
 from backend.errors import ConfigError, ValidationError
+from backend.interface import MAX_N, MODEL_INFO, MODEL_INFO_KEYS
 from backend.prompt import PromptBuilder
 from backend.request import parse_request
+from backend.sampling import check_sampling_defaults
 from backend.server_watch import ServerWatch, find_ready_url
-from backend.types import ModelInfo, Observer, ResponseSink
+from backend.types import ModelInfo, Observer, Response, ResponseSink
 
 logger = logging.getLogger(__name__)
+
+
+def model_facts(info: ModelInfo, placeholder: str, vocab_size: int) -> str:
+    """The JSON object the model_info output carries (keys: backend.interface.MODEL_INFO_KEYS)."""
+    facts = {"hidden_size": info.hidden_size, "max_model_len": info.max_model_len,
+             "dtype": str(info.dtype).removeprefix("torch."), "placeholder": placeholder, "vocab_size": vocab_size,
+             "model": info.model, "max_logprobs": info.max_logprobs, "max_n": MAX_N}
+    return json.dumps({key: facts[key] for key in MODEL_INFO_KEYS})
+
+
+def wants_model_info(inputs: Mapping[str, Any]) -> bool:
+    """Whether the request asks for the model facts (the BOOL input model_info = true) and nothing else."""
+    value = inputs.get(MODEL_INFO)
+    if value is None:
+        return False
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype != np.bool_:
+        raise ValidationError(MODEL_INFO, "must be one BOOL value")
+    if not bool(array.reshape(-1)[0]):
+        return False
+    others = sorted(name for name in inputs if name != MODEL_INFO and inputs[name] is not None)
+    if others:
+        raise ValidationError(MODEL_INFO, f"asks for the model facts only; not with {others[0]}")
+    return True
 
 
 class GenerationService:
@@ -55,6 +84,14 @@ class GenerationService:
             logger.warning("the tokenizer has no chat template: the `messages` input will be refused")
         self.builder = PromptBuilder(self.info.tokenizer, self.config.placeholder,
                                      self.info.hidden_size, self.info.dtype)
+        self.vocab_size = len(self.info.tokenizer)
+        try:
+            self.sampling_defaults = check_sampling_defaults(self.info.sampling_defaults, self.vocab_size)
+        except ValidationError as exc:
+            raise ConfigError(f"the model's generation_config.json: {exc.message}") from None
+        if self.sampling_defaults:
+            logger.info("unset sampling fields take the model's generation_config defaults %s", self.sampling_defaults)
+        self.facts = model_facts(self.info, self.config.placeholder, self.vocab_size)
         self.watch = self._watch_server()
         logger.info("model ready: hidden size %d, context %d, dtype %s", self.info.hidden_size,
                     self.info.max_model_len, self.info.dtype)
@@ -62,15 +99,16 @@ class GenerationService:
     def handle(self, inputs: Mapping[str, Any], sink: ResponseSink) -> None:
         """Parse one request; bad input is answered at once, good input goes to the engine."""
         try:
-            request = parse_request(inputs, self.builder, self.config, self.info.max_model_len)
+            if wants_model_info(inputs):
+                sink.send(Response(text="", model_info=self.facts), final=True)
+                return
+            request = parse_request(inputs, self.builder, self.config, self.info.max_model_len, self.vocab_size,
+                                    max_logprobs=self.info.max_logprobs, sampling_defaults=self.sampling_defaults,
+                                    verify_sampling=self.info.verify_sampling)
         except ValidationError as exc:
             sink.send_error(exc)
             return
         self.driver.submit(request, sink)
-
-    @property
-    def healthy(self) -> bool:
-        return self.driver.healthy
 
     def _watch_server(self) -> ServerWatch | None:
         """Drain when Triton begins to stop (see backend.server_watch for why not in finalize())."""
@@ -83,6 +121,7 @@ class GenerationService:
         return ServerWatch(url, self.driver.begin_drain, served=lambda: self.driver.admitted > 0).start()
 
     def shutdown(self) -> None:
+        """Stop watching the server, drain and stop the engine."""
         if self.watch is not None:
             self.watch.close()
         self.driver.shutdown()

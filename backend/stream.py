@@ -64,13 +64,17 @@ async def run_request(engine: Any, active: Active, on_output: Callable[[], None]
         async for output in engine.generate(request.prompt.to_vllm(), request.sampling, active.request_id):
             last = time.perf_counter()
             on_output()
-            completion = output.outputs[0]
             if first is None:
                 first, active.started = last, True
-            n_out += len(completion.token_ids)
             finished = output.finished
-            active.push(Chunk(text=completion.text, token_ids=list(completion.token_ids), final=finished,
-                              finish_reason=completion.finish_reason if finished else None))
+            # With n > 1, one output may hold several choices (vLLM joins the deltas a slow
+            # consumer missed, per index); the request's final flag rides on the last of them.
+            completions = output.outputs
+            for j, completion in enumerate(completions):
+                n_out += len(completion.token_ids)
+                active.push(to_chunk(completion, request.logprobs, final=finished and j == len(completions) - 1))
+            if finished and not completions:
+                active.push(Chunk(text="", token_ids=[], final=True))
         if not finished:
             raise EngineUnavailableError("the engine ended the request without a result")
     except asyncio.CancelledError:
@@ -101,6 +105,31 @@ async def run_request(engine: Any, active: Active, on_output: Callable[[], None]
         ttft_s=None if first is None else first - start,
         tpot_s=(last - first) / (n_out - 1) if first is not None and n_out > 1 else None,
     )
+
+
+def to_chunk(completion: Any, num_logprobs: int | None, *, final: bool) -> Chunk:
+    """One vLLM CompletionOutput (a delta) -> Chunk; logprobs of its tokens when asked."""
+    token_ids = list(completion.token_ids)
+    chunk = Chunk(text=completion.text, token_ids=token_ids, final=final, finish_reason=completion.finish_reason,
+                  index=completion.index)
+    if num_logprobs is not None:
+        chunk.logprobs, chunk.top_logprobs_ids, chunk.top_logprobs = split_logprobs(
+            token_ids, completion.logprobs or [], num_logprobs)
+    return chunk
+
+
+def split_logprobs(token_ids: list[int], positions: Any, m: int
+                   ) -> tuple[list[float], list[list[int]], list[list[float]]]:
+    """vLLM's per-token {token id: Logprob} -> the sampled tokens' logprobs, and the top-m (by rank)."""
+    logprobs, top_ids, top_values = [], [], []
+    for token_id, position in zip(token_ids, positions):
+        logprobs.append(float(position[token_id].logprob))
+        # The dict holds the sampled token (any rank) and ranks 1..m; a sampled token within the top m
+        # appears once. Keep ranks 1..m in rank order.
+        ranked = sorted((p.rank, tid, p.logprob) for tid, p in position.items() if p.rank is not None and p.rank <= m)
+        top_ids.append([tid for _, tid, _ in ranked[:m]])
+        top_values.append([float(lp) for _, _, lp in ranked[:m]])
+    return logprobs, top_ids, top_values
 
 
 async def _abort(engine: Any, request_id: str) -> None:

@@ -5,7 +5,6 @@ Only this module imports triton_python_backend_utils.
 
 from __future__ import annotations
 
-
 import logging
 import threading
 from typing import Any
@@ -14,27 +13,21 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from backend.errors import ERROR_CODES, error_kind, public_message
+from backend import interface as io
+from backend.errors import ERROR_CODES, error_kind, tagged_message
 from backend.types import RequestRecord, Response
 
 logger = logging.getLogger(__name__)
-
-INPUT_NAMES = (
-    "text_input", "messages", "prompt_embeds", "prompt_embeds_fp16", "prompt_embeds_bf16",
-    "prompt_embeds_lengths", "stream", "sampling_parameters", "exclude_input_in_output",
-    "return_finish_reason", "return_num_input_tokens", "return_num_output_tokens",
-    "return_output_token_ids",
-)
 
 
 def read_inputs(request: Any) -> dict[str, Any]:
     """Triton request -> {input name: numpy array (torch tensor for BF16, which numpy lacks)}."""
     inputs: dict[str, Any] = {}
-    for name in INPUT_NAMES:
+    for name in io.INPUT_NAMES:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
             continue
-        if name == "prompt_embeds_bf16":
+        if name == io.PROMPT_EMBEDS_BF16:
             inputs[name] = torch.from_dlpack(tensor.to_dlpack()).cpu()
         else:
             inputs[name] = tensor.as_numpy()
@@ -58,9 +51,9 @@ class TritonSink:
         self._send(built, final)
 
     def send_error(self, exc: BaseException) -> None:
-        """An error response with the final flag; the error's kind picks the Triton code."""
+        """An error response with the final flag; the error's kind picks the Triton code and leads the text."""
         code_name, _ = ERROR_CODES[error_kind(exc)]
-        error = pb_utils.TritonError(public_message(exc), getattr(pb_utils.TritonError, code_name))
+        error = pb_utils.TritonError(tagged_message(exc), getattr(pb_utils.TritonError, code_name))
         self._send(pb_utils.InferenceResponse(error=error), final=True)
 
     def is_cancelled(self) -> bool:
@@ -82,17 +75,33 @@ class TritonSink:
                 logger.warning("could not send a response (client gone?)", exc_info=True)
 
 
+def _string(name: str, value: str) -> Any:
+    return pb_utils.Tensor(name, np.array([value.encode("utf-8")], dtype=np.object_))
+
+
 def _tensors(response: Response) -> list[Any]:
     """Output tensors of one response: text_output always, the others only when the response has them."""
-    tensors = [pb_utils.Tensor("text_output", np.array([response.text.encode("utf-8")], dtype=np.object_))]
+    if response.model_info is not None:
+        return [_string(io.MODEL_INFO_OUTPUT, response.model_info)]
+    tensors = [_string(io.TEXT_OUTPUT, response.text)]
     if response.finish_reason is not None:
-        tensors.append(pb_utils.Tensor("finish_reason", np.array([response.finish_reason.encode()], dtype=np.object_)))
+        tensors.append(_string(io.FINISH_REASON, response.finish_reason))
     if response.num_input_tokens is not None:
-        tensors.append(pb_utils.Tensor("num_input_tokens", np.array([response.num_input_tokens], dtype=np.uint32)))
+        tensors.append(pb_utils.Tensor(io.NUM_INPUT_TOKENS, np.array([response.num_input_tokens], dtype=np.uint32)))
     if response.num_output_tokens is not None:
-        tensors.append(pb_utils.Tensor("num_output_tokens", np.array([response.num_output_tokens], dtype=np.uint32)))
+        tensors.append(pb_utils.Tensor(io.NUM_OUTPUT_TOKENS, np.array([response.num_output_tokens], dtype=np.uint32)))
     if response.token_ids is not None:
-        tensors.append(pb_utils.Tensor("output_token_ids", np.array(response.token_ids, dtype=np.int64)))
+        tensors.append(pb_utils.Tensor(io.OUTPUT_TOKEN_IDS, np.array(response.token_ids, dtype=np.int64)))
+    if response.index is not None:
+        tensors.append(pb_utils.Tensor(io.INDEX, np.array([response.index], dtype=np.uint32)))
+    if response.logprobs is not None:
+        k = len(response.logprobs)
+        m = len(response.top_logprobs_ids[0]) if k and response.top_logprobs_ids else 0
+        tensors.append(pb_utils.Tensor(io.OUTPUT_LOGPROBS, np.array(response.logprobs, dtype=np.float32)))
+        tensors.append(pb_utils.Tensor(io.TOP_LOGPROBS_IDS,
+                                       np.array(response.top_logprobs_ids or [], dtype=np.int64).reshape(k, m)))
+        tensors.append(pb_utils.Tensor(io.TOP_LOGPROBS,
+                                       np.array(response.top_logprobs or [], dtype=np.float32).reshape(k, m)))
     return tensors
 
 

@@ -8,7 +8,7 @@ Keeping them here lets each side import the types without importing the other si
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:  # annotations only: importing vLLM or the prompt builder is not needed here
     import torch
@@ -29,6 +29,8 @@ class GenerationRequest:
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
     return_output_token_ids: bool = False
+    n: int = 1  # choices (sampling.n): responses carry `index` when n > 1
+    logprobs: int | None = None  # sampling.logprobs: responses carry logprobs and token ids when set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +41,28 @@ class ModelInfo:
     max_model_len: int
     dtype: torch.dtype
     tokenizer: Any  # the engine's own Hugging Face tokenizer, so both sides tokenize alike
+    model: str = ""  # path or hub name, as model.json gives it
+    max_logprobs: int = 20  # the engine's max_logprobs (vLLM's default 20)
+    # The model's generation_config.json sampling defaults (ModelConfig.get_diff_sampling_param()),
+    # applied to fields a client leaves unset, as vLLM's OpenAI server does.
+    sampling_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # vLLM's own SamplingParams.verify with the engine's configs (structured-output grammars compiled
+    # and checked); None in unit tests without an engine.
+    verify_sampling: Callable[[SamplingParams], None] | None = None
 
 
 @dataclasses.dataclass
 class Chunk:
-    """New output of one request since the previous chunk (one engine step, or several joined)."""
+    """New output of one choice since its previous chunk (one engine step, or several joined)."""
 
     text: str
     token_ids: list[int]
-    final: bool = False
-    finish_reason: str | None = None  # set on the final chunk
+    final: bool = False  # the whole request ended (every choice)
+    finish_reason: str | None = None  # set when this choice ended
+    index: int = 0  # the choice (0..n-1)
+    logprobs: list[float] | None = None  # per token, when asked
+    top_logprobs_ids: list[list[int]] | None = None  # per token, the top-m alternatives by rank
+    top_logprobs: list[list[float]] | None = None
 
 
 @dataclasses.dataclass
@@ -56,10 +70,15 @@ class Response:
     """One response as the client gets it: the text, and only the outputs the client asked for."""
 
     text: str
-    token_ids: list[int] | None = None  # return_output_token_ids
+    token_ids: list[int] | None = None  # return_output_token_ids, or logprobs asked
     num_output_tokens: int | None = None  # return_num_output_tokens: tokens in this response
-    finish_reason: str | None = None  # return_finish_reason: final response only
-    num_input_tokens: int | None = None  # return_num_input_tokens: final response only
+    finish_reason: str | None = None  # return_finish_reason: the choice's last response only
+    num_input_tokens: int | None = None  # return_num_input_tokens: the choice's last response only
+    index: int | None = None  # the choice, when n > 1
+    logprobs: list[float] | None = None  # sampling_parameters.logprobs set
+    top_logprobs_ids: list[list[int]] | None = None
+    top_logprobs: list[list[float]] | None = None
+    model_info: str | None = None  # the JSON facts (answer to the model_info input): nothing else then
 
 
 class ResponseSink(Protocol):

@@ -1,9 +1,9 @@
-"""Frontend settings (one typed object from the command line) and the model facts it needs.
+"""Frontend settings: one typed object from the command line, checked once at startup.
 
-The hidden size, needed to check embedding payloads before they leave the frontend, comes from
-(in this order): `--hidden-size`; the `config.json` under `--model-path` (which also gives the
-tokenizer for token-id prompts); or, with neither, one probe of the Triton model itself, whose
-own validation refuses a 1x1 tensor and names the model's hidden size. Nothing is added to Triton.
+The model's facts the frontend needs (hidden size and context, to check embedding payloads before
+they leave the frontend) come from the Triton model itself, asked once (its `model_info` answer);
+`--hidden-size` and `--max-model-len` override them. `--model-path` gives the tokenizer that turns
+token ids into strings for logprobs (else the model's own path, when this machine has it).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from client.triton_inputs import MODEL_NAME
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 DEFAULT_EMBED_BYTES_IN_FLIGHT = 1 << 30
-# Used for the per-request row cap when neither --max-model-len nor the model's config.json says.
-FALLBACK_MAX_MODEL_LEN = 16384
 API_KEY_ENV = "VLLM_API_KEY"  # vLLM's convention, so clients and deployments carry over
 
 
@@ -72,15 +70,6 @@ class FrontendConfig:
             return f"http://{self.triton_url.rsplit(':', 1)[0]}:8002/metrics"
         return self.triton_metrics_url
 
-    @property
-    def max_request_rows(self) -> int:
-        """Embedding rows per request, all payloads together: the model's context."""
-        if self.max_model_len is not None:
-            return self.max_model_len
-        if self.model_path is not None:
-            return context_from_model_path(self.model_path) or FALLBACK_MAX_MODEL_LEN
-        return FALLBACK_MAX_MODEL_LEN
-
     def check(self) -> "FrontendConfig":
         """Fail fast on settings that cannot work."""
         for name in ("max_body_bytes", "max_embed_rows", "max_embed_parts", "decode_workers", "workers",
@@ -100,32 +89,6 @@ class FrontendConfig:
         if self.model_path is not None and not (self.model_path / "config.json").is_file():
             raise ConfigError(f"--model-path {self.model_path}: no config.json there")
         return self
-
-
-def hidden_size_from_model_path(model_path: Path) -> int:
-    """The model's hidden size from its Hugging Face config.json (text_config for multimodal models)."""
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{model_path}/config.json: cannot read ({exc})") from None
-    for section in (config, config.get("text_config") or {}):
-        value = section.get("hidden_size")
-        if isinstance(value, int) and value > 0:
-            return value
-    raise ConfigError(f"{model_path}/config.json has no hidden_size")
-
-
-def context_from_model_path(model_path: Path) -> int | None:
-    """The model's context length from config.json (max_position_embeddings), or None."""
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    for section in (config, config.get("text_config") or {}):
-        value = section.get("max_position_embeddings")
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def to_json(config: FrontendConfig) -> str:
@@ -164,16 +127,18 @@ def parse_args(argv: list[str] | None = None) -> FrontendConfig:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--allow-pickle", action=argparse.BooleanOptionalAction, default=True,
                         help="accept torch.save payloads (vLLM's format); --no-allow-pickle: safetensors only")
-    parser.add_argument("--hidden-size", type=int, default=None)
+    parser.add_argument("--hidden-size", type=int, default=None,
+                        help="the model's hidden size (default: asked of the model once)")
     parser.add_argument("--model-path", type=Path, default=None,
-                        help="the served model's directory: hidden size and tokenizer (token-id prompts)")
+                        help="the served model's directory: the tokenizer for logprobs token strings and echo "
+                             "(default: the model's own path, when this machine has it)")
     parser.add_argument("--max-embed-rows", type=int, default=16384)
     parser.add_argument("--max-embed-parts", type=int, default=64)
     parser.add_argument("--decode-workers", type=int, default=2,
                         help="threads per process that decode payloads and token-id prompts")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="the model's context: cap on a request's embedding rows, all payloads together "
-                             f"(default: max_position_embeddings under --model-path, else {FALLBACK_MAX_MODEL_LEN})")
+                             "(default: the model's own max_model_len, asked of it once)")
     parser.add_argument("--max-prompts", type=int, default=128, help="prompts (choices) per completions request")
     parser.add_argument("--max-embed-bytes-in-flight", type=int, default=DEFAULT_EMBED_BYTES_IN_FLIGHT,
                         help="per process: embedding payload bytes being decoded or served at once (429 beyond)")

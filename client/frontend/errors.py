@@ -19,6 +19,9 @@ from backend.errors import (
     error_kind,
     public_message,
 )
+from backend.interface import INPUT_TO_OPENAI, SAMPLING_PARAMETERS
+from backend.sampling import FIELDS as SAMPLING_FIELDS
+from client.triton_errors import parse_error
 
 logger = logging.getLogger(__name__)
 
@@ -34,27 +37,12 @@ ERROR_TYPES = {
     503: "ServiceUnavailableError",
 }
 
-# The Triton model's input names, and the OpenAI parameter each one comes from.
-TRITON_INPUT_PARAMS = {
-    "text_input": "prompt",
-    "messages": "messages",
-    "prompt_embeds": "prompt_embeds",
-    "prompt_embeds_fp16": "prompt_embeds",
-    "prompt_embeds_bf16": "prompt_embeds",
-    "prompt_embeds_lengths": "messages",
-    "sampling_parameters": None,
-    "stream": "stream",
-    "exclude_input_in_output": None,
-    "request": None,  # the engine's own input checks (backend/engine.py)
-    "return_finish_reason": None,
-    "return_num_input_tokens": None,
-    "return_num_output_tokens": None,
-    "return_output_token_ids": None,
-}
-_TRITON_PARAM_RE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?([a-z_0-9]+): ")
-_UNAVAILABLE_WORDS = ("overloaded", "shutting down", "not running", "engine died", "unavailable",
-                      "not ready", "unknown model", "is not found", "failed to connect", "connection refused")
-
+# An error's kind tag (client.triton_errors) -> HTTP status, from the one table (backend.errors).
+_TAG_STATUS = {code_name: status for code_name, status in ERROR_CODES.values()}
+# Untagged text comes from Triton itself, not the model (unknown model, model not loaded, server
+# shutting down): the model answers every error of its own with a tag.
+_UNTAGGED_STATUS = 503
+_SAMPLING_FIELD_RE = re.compile(r"([a-z_0-9]+)[ .:]")
 
 @dataclasses.dataclass
 class APIError(Exception):
@@ -88,25 +76,34 @@ def from_serving_error(exc: ServingError, param_map: dict[str, str | None] | Non
     return APIError(status, public_message(exc), param)
 
 
+def _sampling_field(message: str) -> str | None:
+    """The request field a `sampling_parameters: <field> ...` error is about (the sampling table's names)."""
+    match = _SAMPLING_FIELD_RE.match(message.removeprefix(f"{SAMPLING_PARAMETERS}: "))
+    return match.group(1) if match and match.group(1) in SAMPLING_FIELDS else None
+
+
 def from_triton_message(text: str) -> APIError:
-    """Triton's error text (gRPC streams carry no code) -> APIError, by its leading parameter name."""
-    text = text.strip()
-    if len(text) > 300:
-        text = text[:297] + "..."
-    match = _TRITON_PARAM_RE.match(text)
-    if match and match.group(1) in TRITON_INPUT_PARAMS:
-        name = match.group(1)
-        param = TRITON_INPUT_PARAMS[name] or name
-        # Name the parameter the HTTP client sent (`prompt`, not Triton's `text_input`).
-        return APIError(400, f"{param}: {text[match.end():]}" if param != name else text, param)
-    lowered = text.lower()
-    if lowered.startswith("overloaded"):  # the model's admission control: retry later
-        return APIError(429, text)
-    if "cancelled" in lowered:
-        return APIError(499, text)
-    if any(word in lowered for word in _UNAVAILABLE_WORDS):
-        return APIError(503, text)
-    return APIError(500, text)
+    """A model error's text (gRPC streams carry no code) -> APIError, by its kind tag and the input it names."""
+    info = parse_error(text)
+    message = info.message.strip()
+    if len(message) > 300:
+        message = message[:297] + "..."
+    if info.kind is None:
+        return APIError(_UNTAGGED_STATUS, message)
+    status = _TAG_STATUS[info.kind]
+    if info.overloaded:
+        status = 429  # the model's admission control: retry later
+    param = None
+    if status == 400 and info.parameter is not None:
+        param = INPUT_TO_OPENAI.get(info.parameter) or info.parameter
+        if info.parameter == SAMPLING_PARAMETERS:
+            field = _sampling_field(message)
+            if field is not None:  # `sampling_parameters: structured_outputs is not valid` names the field
+                return APIError(400, f"{field}: {message.removeprefix(f'{SAMPLING_PARAMETERS}: ')}", field)
+        elif param != info.parameter:
+            # Name the parameter the HTTP client sent (`prompt`, not Triton's `text_input`).
+            message = f"{param}: {message.removeprefix(f'{info.parameter}: ')}"
+    return APIError(status, message, param)
 
 
 def from_grpc_error(exc: grpc.RpcError) -> APIError:

@@ -16,16 +16,18 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import torch
 from fastapi import Request
 
 from backend.errors import ServingError, ValidationError
-from client.frontend.config import FrontendConfig, hidden_size_from_model_path
 from client.frontend import sse
+from client.frontend.config import FrontendConfig
 from client.frontend.errors import APIError, from_serving_error, to_api_error
 from client.frontend.limits import Budget
+from client.frontend.logprobs import TokenText
 from client.frontend.middleware import Metrics
 from client.frontend.payloads import PayloadLimits, decode_request_embeds, payload_bytes
 from client.frontend.triton_client import Delta, GenerationClient, TritonRequest
@@ -33,6 +35,16 @@ from client.frontend.triton_client import Delta, GenerationClient, TritonRequest
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
+MODEL_FACTS_LOGGED = ("hidden_size", "max_model_len", "dtype", "vocab_size", "model")
+
+
+def _positive_fact(facts: dict[str, Any], key: str) -> int:
+    """One integer fact of the model; 503 when the model did not publish it."""
+    value = facts.get(key)
+    if type(value) is not int or value < 1:
+        raise APIError(503, f"the model did not publish its {key}; start the frontend with "
+                            f"--{key.replace('_', '-')}")
+    return value
 
 
 class FrontendState:
@@ -43,30 +55,39 @@ class FrontendState:
         self.client = client
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="embeds-decode")
-        self._hidden_size = config.hidden_size
-        if self._hidden_size is None and config.model_path is not None:
-            self._hidden_size = hidden_size_from_model_path(config.model_path)
-        self._hidden_lock = asyncio.Lock()
-        self.max_request_rows = config.max_request_rows
+        self._facts: dict[str, Any] | None = None
+        self._facts_lock = asyncio.Lock()
         self.embed_bytes = Budget("embedding bytes", config.max_embed_bytes_in_flight, config.limit_wait_s,
                                   "prompt_embeds")
         self.streams = Budget("Triton streams", config.max_triton_streams, config.limit_wait_s)
         self._tokenizer: Any = None
+        self._tokenizer_path: Path | None = config.model_path
+        self._token_text: TokenText | None = None
         # A fast tokenizer must not be used from two threads at once ("Already borrowed").
         self._tokenizer_lock = threading.Lock()
 
+    async def facts(self) -> dict[str, Any]:
+        """The served model's facts (hidden size, context, vocabulary, path), asked of the model once."""
+        if self._facts is None:
+            async with self._facts_lock:
+                if self._facts is None:
+                    self._facts = await self.client.model_facts()
+                    logger.info("model facts: %s", {k: self._facts.get(k) for k in MODEL_FACTS_LOGGED})
+        return self._facts
+
     async def limits(self) -> PayloadLimits:
-        """Payload limits; the hidden size is probed from the model once when not configured."""
-        if self._hidden_size is None:
-            async with self._hidden_lock:
-                if self._hidden_size is None:
-                    probe = getattr(self.client, "probe_hidden_size", None)
-                    if probe is None:
-                        raise APIError(503, "the model's hidden size is unknown; start with --hidden-size")
-                    self._hidden_size = await probe()
-                    logger.info("hidden size %d (probed from the inference server)", self._hidden_size)
-        return PayloadLimits(hidden_size=self._hidden_size, max_rows=self.config.max_embed_rows,
+        """Payload limits: --hidden-size, else the model's own hidden size (asked once)."""
+        hidden_size = self.config.hidden_size
+        if hidden_size is None:
+            hidden_size = _positive_fact(await self.facts(), "hidden_size")
+        return PayloadLimits(hidden_size=hidden_size, max_rows=self.config.max_embed_rows,
                              allow_pickle=self.config.allow_pickle)
+
+    async def max_request_rows(self) -> int:
+        """Embedding rows per request, all payloads together: --max-model-len, else the model's context."""
+        if self.config.max_model_len is not None:
+            return self.config.max_model_len
+        return _positive_fact(await self.facts(), "max_model_len")
 
     async def offload(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a CPU-bound call in the worker pool, never on the event loop."""
@@ -86,9 +107,10 @@ class FrontendState:
             raise APIError(400, f"{len(payloads)} prompt_embeds payloads exceed the limit of "
                                 f"{self.config.max_embed_parts}", request_parameter)
         limits = await self.limits()
+        max_rows = await self.max_request_rows()
         lease = await self.embed_bytes.take(payload_bytes(payloads), scope)
         try:
-            return await self.offload(decode_request_embeds, payloads, limits, max_total_rows=self.max_request_rows,
+            return await self.offload(decode_request_embeds, payloads, limits, max_total_rows=max_rows,
                                       payload_format=payload_format, parameters=parameters,
                                       request_parameter=request_parameter)
         except ValidationError as exc:
@@ -103,39 +125,38 @@ class FrontendState:
         await self.streams.take(count, scope)
 
     def _load_tokenizer(self) -> Any:
-        """The served model's tokenizer (only for token-id prompts), loaded on first use; call with the lock."""
+        """The served model's tokenizer, loaded once; call with the lock, in the worker pool."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.config.model_path)
+            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path)
+            self._token_text = TokenText(self._tokenizer)
         return self._tokenizer
 
-    async def texts_for_token_ids(self, prompts: Sequence[list[int]], parameter: str = "prompt") -> list[str]:
-        """Token-id prompts -> their texts, decoded in the worker pool (tokenizing is not for the event loop)."""
+    async def token_text(self, parameter: str) -> TokenText:
+        """Token strings for logprobs (the served model's tokenizer); 400 naming `parameter` without one."""
+        if self._token_text is None:
+            if self._tokenizer_path is None:
+                # The model's own directory, when this machine has it (the frontend beside Triton).
+                served = (await self.facts()).get("model")
+                if isinstance(served, str) and (Path(served) / "tokenizer_config.json").is_file():
+                    self._tokenizer_path = Path(served)
+            if self._tokenizer_path is None:
+                raise APIError(400, f"{parameter} needs the model's tokenizer: start the frontend with "
+                                    "--model-path", parameter)
+            await self.offload(self._locked, self._load_tokenizer)
+        return self._token_text
+
+    def _locked(self, function: Callable[..., T], *args: Any) -> T:
+        with self._tokenizer_lock:
+            return function(*args)
+
+    async def prompt_texts(self, prompts: Sequence[list[int]], parameter: str = "echo") -> list[str]:
+        """Token-id prompts as text (for echo), decoded in the worker pool."""
         if not prompts:
             return []
-        if self.config.model_path is None:
-            raise APIError(400, "token-id prompts need the frontend started with --model-path; send text", parameter)
-        return await self.offload(lambda: [self.text_for_token_ids(ids, parameter) for ids in prompts])
-
-    def text_for_token_ids(self, ids: list[int], parameter: str = "prompt") -> str:
-        """Token ids -> the text that tokenizes back to exactly these ids (BOS included), else 400.
-
-        The Triton model takes text, not ids; an id list is accepted only when that is lossless.
-        Blocking: call it through texts_for_token_ids.
-        """
-        with self._tokenizer_lock:
-            tokenizer = self._load_tokenizer()
-            if any(i >= len(tokenizer) for i in ids):
-                raise APIError(400, "token id out of the vocabulary", parameter)
-            text = tokenizer.decode(ids, skip_special_tokens=False)
-            prefix = tokenizer("", add_special_tokens=True)["input_ids"]
-            if prefix and ids[: len(prefix)] == prefix:
-                text = tokenizer.decode(ids[len(prefix):], skip_special_tokens=False)
-            if list(tokenizer(text, add_special_tokens=True)["input_ids"]) != list(ids):
-                raise APIError(400, "these token ids do not round-trip through the tokenizer (this server "
-                                    "sends text to the model); send the prompt as text", parameter)
-        return text
+        await self.token_text(parameter)
+        return await self.offload(self._locked, lambda: [self._tokenizer.decode(ids) for ids in prompts])
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -149,10 +170,18 @@ class ChoiceResult:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_ids: list[list[int]] = dataclasses.field(default_factory=list)
+    top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
 
     def add(self, delta: Delta) -> None:
         self.text += delta.text
         self.completion_tokens += delta.num_output_tokens
+        self.token_ids += delta.token_ids
+        self.logprobs += delta.logprobs
+        self.top_ids += delta.top_ids
+        self.top_logprobs += delta.top_logprobs
         if delta.num_input_tokens is not None:
             self.prompt_tokens = delta.num_input_tokens
         if delta.finish_reason:
@@ -165,19 +194,30 @@ async def _cancel_all(tasks: Sequence[asyncio.Task]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def collect(client: GenerationClient, requests: Sequence[TritonRequest]) -> list[ChoiceResult]:
-    """Run every choice to the end; the first failure cancels the others."""
+def prompt_tokens(results: Sequence[ChoiceResult], n: int) -> int:
+    """Prompt tokens of a request's prompts: each prompt counted once, not once per choice (as vLLM)."""
+    return sum(max(r.prompt_tokens for r in results[i:i + n]) for i in range(0, len(results), n))
 
-    async def one(request: TritonRequest) -> ChoiceResult:
-        result = ChoiceResult()
+
+async def collect(client: GenerationClient, requests: Sequence[TritonRequest]) -> list[ChoiceResult]:
+    """Run every request to the end: its n choices in index order, requests in order; a failure cancels all."""
+
+    async def one(request: TritonRequest) -> list[ChoiceResult]:
+        results = [ChoiceResult() for _ in range(request.choices)]
         async with contextlib.aclosing(client.generate(request)) as stream:
             async for delta in stream:
-                result.add(delta)
-        return result
+                if not 0 <= delta.index < len(results):
+                    raise APIError(500, f"the inference server sent choice {delta.index} of {len(results)}")
+                results[delta.index].add(delta)
+        if len(results) > 1:  # the prompt's count may come on one choice only
+            count = max(r.prompt_tokens for r in results)
+            for result in results:
+                result.prompt_tokens = count
+        return results
 
     tasks = [asyncio.create_task(one(r)) for r in requests]
     try:
-        return list(await asyncio.gather(*tasks))
+        return [result for results in await asyncio.gather(*tasks) for result in results]
     finally:
         await _cancel_all([t for t in tasks if not t.done()])
 
@@ -206,14 +246,21 @@ def merge_deltas(first: Delta, then: Delta) -> Delta:
     return Delta(text=first.text + then.text, num_output_tokens=first.num_output_tokens + then.num_output_tokens,
                  num_input_tokens=then.num_input_tokens if then.num_input_tokens is not None
                  else first.num_input_tokens,
-                 finish_reason=then.finish_reason or first.finish_reason, final=first.final or then.final)
+                 finish_reason=then.finish_reason or first.finish_reason, final=first.final or then.final,
+                 index=first.index, token_ids=first.token_ids + then.token_ids,
+                 logprobs=first.logprobs + then.logprobs, top_ids=first.top_ids + then.top_ids,
+                 top_logprobs=first.top_logprobs + then.top_logprobs)
 
 
 class ChoiceStreams:
-    """Several choices' delta streams merged into one (index, Delta) stream; start() surfaces early errors."""
+    """Several requests' delta streams merged into one (choice index, Delta) stream; start() surfaces early errors.
+
+    Request j's choice i (of n) is choice j * n + i of the response, as vLLM numbers them.
+    """
 
     def __init__(self, client: GenerationClient, requests: Sequence[TritonRequest]) -> None:
         self._streams = [client.generate(r) for r in requests]
+        self._choices = [r.choices for r in requests]
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
 
@@ -226,20 +273,27 @@ class ChoiceStreams:
             await _cancel_all(first)
             await self.close()
             raise
-        for index, (stream, delta) in enumerate(zip(self._streams, deltas)):
-            self._tasks.append(asyncio.create_task(self._pump(index, stream, delta)))
+        offsets = [sum(self._choices[:j]) for j in range(len(self._choices))]
+        for offset, n, stream, delta in zip(offsets, self._choices, self._streams, deltas):
+            self._tasks.append(asyncio.create_task(self._pump(offset, n, stream, delta)))
 
-    async def _pump(self, index: int, stream: AsyncIterator[Delta], first: Delta) -> None:
+    async def _pump(self, offset: int, n: int, stream: AsyncIterator[Delta], first: Delta) -> None:
         try:
-            await self._queue.put((index, first))
-            if not first.final:
-                async for delta in stream:
-                    await self._queue.put((index, delta))
-            await self._queue.put((index, _END))
+            delta = first
+            while True:
+                if not 0 <= delta.index < n:
+                    raise APIError(500, f"the inference server sent choice {delta.index} of {n}")
+                await self._queue.put((offset + delta.index, delta))
+                if delta.final:
+                    break
+                delta = await anext(stream)
+            await self._queue.put((offset, _END))
+        except StopAsyncIteration:
+            await self._queue.put((offset, _END))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
-            await self._queue.put((index, exc))
+            await self._queue.put((offset, exc))
 
     async def batches(self) -> AsyncIterator[list[tuple[int, Delta]]]:
         """Everything that has arrived since the last batch, one merged Delta per choice, in arrival order.

@@ -18,6 +18,7 @@ from backend.sampling import INT64_MAX, read_field
 from client.frontend.payloads import FORMATS
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+GREEDY_TEMPERATURE = 1e-5  # below it vLLM samples greedily (its _SAMPLING_EPS)
 TokenIds = list[Annotated[int, Field(ge=0)]]
 # The frontend does not know the vocabulary: top_k and token ids are bounded by int64 here, and by
 # the vocabulary in the model (a 400 from its INVALID_ARG).
@@ -59,11 +60,65 @@ class StreamOptions(StrictModel):
     include_usage: bool | None = False
 
 
+class StructuredOutputs(StrictModel):
+    """vLLM's `structured_outputs`: exactly one constraint (the model compiles and checks it)."""
+
+    # `json` would shadow BaseModel.json: the field is json_schema, spelled `json` on the wire.
+    json_schema: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_object: Literal[True] | None = None
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "StructuredOutputs":
+        given = [name for name in ("json_schema", "json_object", "regex", "choice", "grammar")
+                 if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, json_object, regex, choice, grammar")
+        return self
+
+    def to_sampling(self) -> dict[str, Any]:
+        """The model's `sampling_parameters.structured_outputs` object."""
+        return self.model_dump(exclude_none=True, by_alias=True)
+
+
+class JsonSchemaFormat(StrictModel):
+    """OpenAI's `response_format.json_schema`: the schema under `schema`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictModel):
+    """OpenAI's `response_format`: text, json_object or json_schema (vLLM maps the last two to structured outputs)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.json_schema is None):
+            raise ValueError("type 'json_schema' needs json_schema.schema")
+        return self
+
+    def to_sampling(self) -> dict[str, Any] | None:
+        """The structured_outputs object it stands for (None for plain text)."""
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.type == "json_schema":
+            return {"json": self.json_schema.json_schema}
+        return None
+
+
 class SamplingFields(StrictModel):
     """The sampling parameters both endpoints share (OpenAI's plus vLLM's extras)."""
 
     model: str | None = None
-    n: int = 1
+    n: Annotated[int, _sampling_value("n")] = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Annotated[list[str] | None, _sampling_value("stop")] = None
@@ -84,15 +139,10 @@ class SamplingFields(StrictModel):
     skip_special_tokens: Annotated[bool | None, _sampling_value("skip_special_tokens")] = None
     spaces_between_special_tokens: Annotated[bool | None, _sampling_value("spaces_between_special_tokens")] = None
     bad_words: Annotated[list[str] | None, _sampling_value("bad_words")] = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
     # Wire format of every prompt_embeds payload in this request (see docs/frontend.md).
     prompt_embeds_format: Literal[FORMATS] = "torch"  # type: ignore[valid-type]
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice_per_prompt(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> "SamplingFields":
@@ -100,15 +150,43 @@ class SamplingFields(StrictModel):
             raise ValueError("stream_options can only be given with stream=true")
         return self
 
+    @model_validator(mode="after")
+    def _n_needs_sampling(self) -> "SamplingFields":
+        # vLLM's SamplingParams rule and wording: greedy decoding gives one sequence.
+        if self.n > 1 and self.temperature is not None and self.temperature < GREEDY_TEMPERATURE:
+            raise ValueError(f"n must be 1 when using greedy sampling, got {self.n}.")
+        return self
+
+    @model_validator(mode="after")
+    def _one_structure(self) -> "SamplingFields":
+        if self.structured_outputs is not None and self.response_format is not None \
+                and self.response_format.type != "text":
+            raise ValueError("response_format: give either response_format or structured_outputs, not both")
+        return self
+
+    @property
+    def structure_parameter(self) -> str:
+        """The request field a structured-outputs error names."""
+        return "structured_outputs" if self.structured_outputs is not None else "response_format"
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def _sampling(self, max_tokens: int | None, *, send_null_max_tokens: bool) -> dict[str, Any]:
+    def _sampling(self, max_tokens: int | None, *, send_null_max_tokens: bool,
+                  logprobs: int | None) -> dict[str, Any]:
         params: dict[str, Any] = {name: getattr(self, name) for name in _SAMPLING_FIELDS
                                   if getattr(self, name) is not None}
         if self.stop is not None:
             params["stop"] = list(self.stop)
+        if self.n != 1:
+            params["n"] = self.n
+        if logprobs is not None:
+            params["logprobs"] = logprobs
+        structure = self.structured_outputs.to_sampling() if self.structured_outputs is not None else (
+            self.response_format.to_sampling() if self.response_format is not None else None)
+        if structure is not None:
+            params["structured_outputs"] = structure
         if max_tokens is not None or send_null_max_tokens:
             params["max_tokens"] = max_tokens
         return params
@@ -121,7 +199,7 @@ class CompletionRequest(SamplingFields):
     prompt_embeds: str | list[str] | None = None
     max_tokens: Annotated[int | None, _sampling_value("max_tokens")] = 16
     echo: bool | None = False
-    logprobs: int | None = None
+    logprobs: Annotated[int | None, _sampling_value("logprobs")] = None
     prompt_logprobs: int | None = None
     suffix: str | None = None
 
@@ -135,7 +213,8 @@ class CompletionRequest(SamplingFields):
 
     def to_sampling_params(self) -> dict[str, Any]:
         """The model's `sampling_parameters` JSON; max_tokens defaults to 16 as in OpenAI and vLLM."""
-        return self._sampling(16 if self.max_tokens is None else self.max_tokens, send_null_max_tokens=False)
+        return self._sampling(16 if self.max_tokens is None else self.max_tokens, send_null_max_tokens=False,
+                              logprobs=self.logprobs)
 
     def embeds_payloads(self) -> list[str]:
         """The prompt_embeds payloads, in order (they become the first choices)."""
@@ -188,12 +267,23 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: Annotated[int | None, _sampling_value("max_tokens")] = None
     max_completion_tokens: Annotated[int | None, _sampling_value("max_tokens")] = None
     logprobs: bool | None = False
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int | None, _sampling_value("logprobs")] = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:  # vLLM's rule and wording
+            raise ValueError("top_logprobs: when using `top_logprobs`, `logprobs` must be set to true.")
+        return self
+
+    @property
+    def num_top_logprobs(self) -> int | None:
+        """Alternatives per token when logprobs are asked (vLLM: top_logprobs, default 0), else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def to_sampling_params(self) -> dict[str, Any]:
         """The model's `sampling_parameters` JSON; no max_tokens means "up to the context", as in vLLM."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self._sampling(max_tokens, send_null_max_tokens=True)
+        return self._sampling(max_tokens, send_null_max_tokens=True, logprobs=self.num_top_logprobs)
 
 
 # -- responses ---------------------------------------------------------------------------------

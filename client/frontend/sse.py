@@ -33,13 +33,13 @@ class ChunkFormat:
         self._head = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":'
         self._chat = chat
 
-    def chunk(self, index: int, text: str, finish_reason: str | None) -> bytes:
-        """One chunk with one choice: `text` (chat: the delta's content) and the finish reason."""
+    def chunk(self, index: int, text: str, finish_reason: str | None, logprobs: Any = None) -> bytes:
+        """One chunk with one choice: `text` (chat: the delta's content), its logprobs and the finish reason."""
         reason = b"null" if finish_reason is None else orjson.dumps(finish_reason)
+        tail = b',"logprobs":' + orjson.dumps(logprobs) + b',"finish_reason":' + reason
         if self._chat:
             delta = b'{"content":' + orjson.dumps(text) + b"}" if text else b"{}"
-            body = b',"delta":' + delta + b',"logprobs":null,"finish_reason":' + reason + b"}]}\n\n"
+            body = b',"delta":' + delta + tail + b"}]}\n\n"
         else:
-            body = (b',"text":' + orjson.dumps(text) + b',"logprobs":null,"finish_reason":' + reason
-                    + b',"stop_reason":null}]}\n\n')
+            body = b',"text":' + orjson.dumps(text) + tail + b',"stop_reason":null}]}\n\n'
         return self._head + str(index).encode() + body

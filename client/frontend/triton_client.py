@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import re
 from typing import Any, AsyncIterator, Protocol
 
 import grpc
@@ -25,8 +24,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from backend import interface as io
 from client.frontend.errors import APIError, from_grpc_error, from_triton_message
-from client.triton_inputs import build_inputs
+from client.triton_inputs import build_inputs, model_info_inputs, read_model_info
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +40,32 @@ class TritonRequest:
     messages: list[dict[str, Any]] | None = None
     embeds: torch.Tensor | None = None  # all parts' rows, concatenated in order
     lengths: list[int] | None = None  # rows per part (chat); None for one whole-prompt tensor
+    input_ids: list[int] | None = None  # a token-id prompt, sent to the engine as it is
     stream: bool = False  # responses per step (deltas), or one response at the end
+
+    @property
+    def choices(self) -> int:
+        """How many sequences (vLLM's `n`) this request generates; its responses carry their index."""
+        return int(self.sampling.get("n") or 1)
 
 
 @dataclasses.dataclass
 class Delta:
-    """One Triton response: the new text and the counts."""
+    """One Triton response: the new text and the counts; with logprobs, the tokens and their logprobs.
+
+    `index` is the choice (0..n-1) within its request; `final` means the whole request has ended.
+    """
 
     text: str
     num_output_tokens: int
     num_input_tokens: int | None
     finish_reason: str | None
     final: bool
+    index: int = 0
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_ids: list[list[int]] = dataclasses.field(default_factory=list)  # per token, by rank
+    top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
 
 
 class GenerationClient(Protocol):
@@ -63,9 +77,12 @@ class GenerationClient(Protocol):
     async def is_ready(self) -> bool:
         """True when the server and the model can take requests."""
 
+    async def model_facts(self) -> dict[str, Any]:
+        """The served model's facts (hidden_size, max_model_len, vocab_size, model, ...). Raises APIError."""
+
 
 # Only the outputs the frontend reads (no output_token_ids): the model builds no other tensor.
-RETURNS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
+RETURNS = (io.RETURN_FINISH_REASON, io.RETURN_NUM_INPUT_TOKENS, io.RETURN_NUM_OUTPUT_TOKENS)
 
 
 def _embeds_array(embeds: torch.Tensor) -> np.ndarray:
@@ -86,6 +103,7 @@ def triton_inputs(request: TritonRequest) -> list[Any]:
         messages=request.messages,
         embeds=None if request.embeds is None else _embeds_array(request.embeds),
         lengths=request.lengths,
+        input_ids=request.input_ids,
         stream=request.stream,
         sampling=request.sampling,
         exclude_input_in_output=True,
@@ -105,50 +123,85 @@ def _bytes_elements(raw: bytes) -> list[bytes]:
     return out
 
 
+# The numeric outputs read for logprobs and choices: (numpy dtype, Delta field).
+_NUMERIC_OUTPUTS = {
+    io.OUTPUT_TOKEN_IDS: np.int64,
+    io.OUTPUT_LOGPROBS: np.float32,
+    io.TOP_LOGPROBS_IDS: np.int64,
+    io.TOP_LOGPROBS: np.float32,
+}
+
+
+def _add_token_outputs(delta: Delta, arrays: dict[str, np.ndarray]) -> Delta:
+    """Fill the choice index and the per-token ids and logprobs from their output arrays."""
+    if io.INDEX in arrays and arrays[io.INDEX].size:
+        delta.index = int(arrays[io.INDEX].reshape(-1)[0])
+    if io.OUTPUT_TOKEN_IDS in arrays:
+        delta.token_ids = [int(i) for i in arrays[io.OUTPUT_TOKEN_IDS].reshape(-1)]
+    if io.OUTPUT_LOGPROBS in arrays:
+        delta.logprobs = [float(v) for v in arrays[io.OUTPUT_LOGPROBS].reshape(-1)]
+    k = len(delta.logprobs)
+    if io.TOP_LOGPROBS_IDS in arrays and k:
+        delta.top_ids = arrays[io.TOP_LOGPROBS_IDS].reshape(k, -1).tolist()
+    if io.TOP_LOGPROBS in arrays and k:
+        delta.top_logprobs = arrays[io.TOP_LOGPROBS].astype(np.float64).reshape(k, -1).tolist()
+    return delta
+
+
+def _final_flag(result: Any) -> bool:
+    """Triton's final-response flag, when the response carries it."""
+    parameters = result.get_response().parameters
+    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
 def read_delta(result: Any) -> Delta:
     """One InferResult -> Delta, read straight from the protobuf (no numpy object arrays per token).
 
-    `final` from the response parameter, else from a finish reason. The counts and the finish
-    reason may come on every response or only on the final one: each is read where present.
+    `final` from the response parameter, else from a finish reason (TritonClient.generate decides it
+    for n > 1). The counts and the finish reason may come on every response or only on the final
+    one: each is read where present.
     """
     response = result.get_response()
     if len(response.raw_output_contents) != len(response.outputs):
         return _read_delta_typed(result)
     text, reason, n_in, n_out = "", "", None, 0
+    arrays: dict[str, np.ndarray] = {}
     for output, raw in zip(response.outputs, response.raw_output_contents):
         name = output.name
-        if name == "text_output":
+        if name == io.TEXT_OUTPUT:
             text = b"".join(_bytes_elements(raw)).decode("utf-8", errors="replace")
-        elif name == "finish_reason":
+        elif name == io.FINISH_REASON:
             elements = _bytes_elements(raw)
             reason = elements[0].decode("utf-8", errors="replace") if elements else ""
-        elif name == "num_output_tokens" and len(raw) >= 4:
+        elif name == io.NUM_OUTPUT_TOKENS and len(raw) >= 4:
             n_out = int.from_bytes(raw[:4], "little")
-        elif name == "num_input_tokens" and len(raw) >= 4:
+        elif name == io.NUM_INPUT_TOKENS and len(raw) >= 4:
             n_in = int.from_bytes(raw[:4], "little")
-    parameters = response.parameters
-    final = bool(reason)
-    if "triton_final_response" in parameters:
-        final = final or parameters["triton_final_response"].bool_param
-    return Delta(text=text, num_output_tokens=n_out, num_input_tokens=n_in, finish_reason=reason or None, final=final)
+        elif name == io.INDEX and len(raw) >= 4:
+            arrays[name] = np.frombuffer(raw[:4], dtype=np.uint32)
+        elif name in _NUMERIC_OUTPUTS:
+            dtype = np.dtype(_NUMERIC_OUTPUTS[name])
+            arrays[name] = np.frombuffer(raw[: len(raw) // dtype.itemsize * dtype.itemsize], dtype=dtype)
+    final = bool(reason) or _final_flag(result)
+    delta = Delta(text=text, num_output_tokens=n_out, num_input_tokens=n_in, finish_reason=reason or None,
+                  final=final)
+    return _add_token_outputs(delta, arrays)
 
 
 def _read_delta_typed(result: Any) -> Delta:
     """read_delta for a response whose outputs are not all raw bytes (tritonclient's own decoding)."""
-    text_array = result.as_numpy("text_output")
+    text_array = result.as_numpy(io.TEXT_OUTPUT)
     text = b"".join(text_array.reshape(-1)).decode("utf-8", errors="replace") if text_array is not None else ""
-    reason_array = result.as_numpy("finish_reason")
+    reason_array = result.as_numpy(io.FINISH_REASON)
     reason = reason_array.reshape(-1)[0].decode() if reason_array is not None and reason_array.size else ""
-    n_in = result.as_numpy("num_input_tokens")
-    n_out = result.as_numpy("num_output_tokens")
-    parameters = result.get_response().parameters
-    final = bool(reason) or ("triton_final_response" in parameters and parameters["triton_final_response"].bool_param)
-    return Delta(text=text, num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None and n_out.size else 0,
-                 num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None and n_in.size else None,
-                 finish_reason=reason or None, final=final)
-
-
-_HIDDEN_RE = re.compile(r"hidden size 1 does not match the model's (\d+)")
+    n_in = result.as_numpy(io.NUM_INPUT_TOKENS)
+    n_out = result.as_numpy(io.NUM_OUTPUT_TOKENS)
+    final = bool(reason) or _final_flag(result)
+    delta = Delta(text=text, num_output_tokens=int(n_out.reshape(-1)[0]) if n_out is not None and n_out.size else 0,
+                  num_input_tokens=int(n_in.reshape(-1)[0]) if n_in is not None and n_in.size else None,
+                  finish_reason=reason or None, final=final)
+    arrays = {name: result.as_numpy(name) for name in (io.INDEX, *_NUMERIC_OUTPUTS)}
+    return _add_token_outputs(delta, {name: a for name, a in arrays.items() if a is not None})
 
 
 def engine_healthy_gauge(metrics_text: str, model: str) -> bool | None:
@@ -200,18 +253,30 @@ class TritonClient:
             logger.info("model %s: the engine is down or restarting", self._model)
         return healthy is not False
 
-    async def probe_hidden_size(self) -> int:
-        """Ask the model's own validation for its hidden size: a 1x1 tensor is refused, naming it."""
-        request = TritonRequest(sampling={"max_tokens": 1}, embeds=torch.zeros(1, 1))
+    async def model_facts(self) -> dict[str, Any]:
+        """The model's facts (backend.interface.MODEL_INFO_KEYS): one model_info request, no generation."""
+        message = {"model_name": self._model, "inputs": model_info_inputs(grpcclient),
+                   "request_id": f"frontend-facts-{next(self._ids)}"}
+        done = asyncio.Event()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield message
+            await done.wait()
+
+        call = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
         try:
-            async for _ in self.generate(request):
-                pass
-        except APIError as exc:
-            match = _HIDDEN_RE.search(exc.message)
-            if match:
-                return int(match.group(1))
-            raise
-        raise APIError(503, "could not learn the model's hidden size from the inference server")
+            async for result, error in call:
+                if error is not None:
+                    raise from_triton_message(str(error.message() if hasattr(error, "message") else error))
+                return read_model_info(result)
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc) from None
+        except InferenceServerException as exc:
+            raise from_triton_message(str(exc.message())) from None
+        finally:
+            done.set()
+            call.cancel()
+        raise APIError(503, "the inference server closed the stream before answering model_info")
 
     async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
         done = asyncio.Event()
@@ -224,12 +289,17 @@ class TritonClient:
 
         call = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
         finished = False
+        ended: set[int] = set()  # choices that have sent their finish reason
         try:
             async for result, error in call:
                 if error is not None:
                     finished = True
                     raise from_triton_message(str(error.message() if hasattr(error, "message") else error))
                 delta = read_delta(result)
+                if delta.finish_reason:
+                    ended.add(delta.index)
+                # One choice's finish reason ends the request only when every choice has ended.
+                delta.final = len(ended) >= request.choices or _final_flag(result)
                 yield delta
                 if delta.final:
                     finished = True

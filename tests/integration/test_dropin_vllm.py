@@ -125,3 +125,101 @@ def test_errors_have_the_same_shape(clients, tiny) -> None:
         with pytest.raises(openai.BadRequestError) as info:
             client.completions.create(model="tiny", prompt=None, extra_body={"prompt_embeds": bad}, max_tokens=2)
         assert info.value.status_code == 400
+
+
+# -- issue 11: logprobs, n, structured outputs, token-id prompts --------------------------------------
+# Few cases, each one request per server (CI has 2 cores); greedy throughout.
+
+LOGPROB_TOLERANCE = 2e-3
+
+
+def both(clients: dict[str, openai.OpenAI], call: Any) -> dict[str, Any]:
+    """The same call on both servers, as plain dicts."""
+    return {name: call(client).model_dump() for name, client in clients.items()}
+
+
+def assert_completion_logprobs_match(ours: dict, theirs: dict) -> None:
+    """Same tokens and offsets, logprobs within tolerance, the same top-k token sets per position."""
+    assert ours["tokens"] == theirs["tokens"] and ours["text_offset"] == theirs["text_offset"]
+    assert ours["token_logprobs"] == pytest.approx(theirs["token_logprobs"], abs=LOGPROB_TOLERANCE)
+    for mine, vllms in zip(ours["top_logprobs"], theirs["top_logprobs"], strict=True):
+        assert set(mine) == set(vllms)
+        assert [mine[t] for t in vllms] == pytest.approx(list(vllms.values()), abs=LOGPROB_TOLERANCE)
+
+
+@STREAM
+def test_completion_logprobs(clients, stream: bool) -> None:
+    """`logprobs: 3` on a text prompt: the legacy object, whole and assembled from stream chunks."""
+    def call(client: openai.OpenAI) -> dict:
+        kwargs = dict(model="tiny", prompt="The quick brown fox", logprobs=3, **GREEDY)
+        if not stream:
+            return client.completions.create(**kwargs).choices[0].model_dump()
+        joined = {"text": "", "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}}
+        for chunk in client.completions.create(stream=True, **kwargs):
+            for choice in chunk.choices:
+                joined["text"] += choice.text
+                for key, values in (choice.logprobs.model_dump() if choice.logprobs else {}).items():
+                    joined["logprobs"][key] += values or []
+        return joined
+
+    results = {name: call(client) for name, client in clients.items()}
+    assert results["ours"]["text"] == results["vllm"]["text"]
+    assert len(results["vllm"]["logprobs"]["tokens"]) == GREEDY["max_tokens"]
+    assert_completion_logprobs_match(results["ours"]["logprobs"], results["vllm"]["logprobs"])
+
+
+def test_chat_logprobs(clients, tiny) -> None:
+    """`logprobs: true, top_logprobs: 4` on a chat with an embedding part."""
+    messages = [{"role": "user", "content": [{"type": "prompt_embeds", "data": encode(tiny.embed(tiny.ids("A cat")))},
+                                             {"type": "text", "text": "Say more."}]}]
+    results = both(clients, lambda c: c.chat.completions.create(model="tiny", messages=messages, logprobs=True,
+                                                                top_logprobs=4, **GREEDY))
+    ours, theirs = (results[name]["choices"][0] for name in ("ours", "vllm"))
+    assert ours["message"]["content"] == theirs["message"]["content"]
+    mine, vllms = ours["logprobs"]["content"], theirs["logprobs"]["content"]
+    assert [e["token"] for e in mine] == [e["token"] for e in vllms]
+    assert [e["bytes"] for e in mine] == [e["bytes"] for e in vllms]
+    assert [e["logprob"] for e in mine] == pytest.approx([e["logprob"] for e in vllms], abs=LOGPROB_TOLERANCE)
+    for a, b in zip(mine, vllms, strict=True):
+        assert {t["token"] for t in a["top_logprobs"]} == {t["token"] for t in b["top_logprobs"]}
+        assert len(a["top_logprobs"]) == 4
+
+
+def test_n_choices(clients) -> None:
+    """`n: 3` with a seed (vLLM refuses n > 1 when greedy): 3 choices tagged 0..2, the same texts on both."""
+    results = both(clients, lambda c: c.completions.create(model="tiny", prompt="Roses are red", n=3, seed=1,
+                                                           temperature=1.0, max_tokens=8))
+    for body in results.values():
+        assert sorted(c["index"] for c in body["choices"]) == [0, 1, 2]
+    texts = {name: {c["index"]: c["text"] for c in body["choices"]} for name, body in results.items()}
+    assert len(set(texts["vllm"].values())) > 1  # sampled: the choices differ
+    assert texts["ours"] == texts["vllm"]
+    assert results["ours"]["usage"] == results["vllm"]["usage"]
+
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("extra", [
+    {"extra_body": {"structured_outputs": {"choice": ["yes", "no", "maybe"]}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}},
+], ids=["choice", "json_schema"])
+def test_structured_outputs(clients, extra: dict) -> None:
+    """Constrained greedy decoding gives the same text on both (a chat, as clients use response_format)."""
+    messages = [{"role": "user", "content": "Answer."}]
+    results = both(clients, lambda c: c.chat.completions.create(model="tiny", messages=messages, temperature=0.0,
+                                                                max_tokens=40, **extra))
+    texts = {name: body["choices"][0]["message"]["content"] for name, body in results.items()}
+    assert texts["ours"] == texts["vllm"]
+    if "extra_body" in extra:
+        assert texts["ours"] in ("yes", "no", "maybe")
+
+
+def test_token_id_prompt_that_does_not_round_trip(clients, tiny) -> None:
+    """Ids no text tokenizes to (no BOS, a lone UTF-8 continuation byte) reach the engine as they are."""
+    ids = tiny.ids("Hello") + tiny.ids("é")[1:] + tiny.ids(" there")
+    assert tiny.ids(tiny.tokenizer.decode(ids), special=True) != ids  # really not a round trip
+    results = both(clients, lambda c: c.completions.create(model="tiny", prompt=ids, **GREEDY))
+    assert results["ours"]["choices"][0]["text"] == results["vllm"]["choices"][0]["text"]
+    assert results["ours"]["usage"]["prompt_tokens"] == len(ids) == results["vllm"]["usage"]["prompt_tokens"]

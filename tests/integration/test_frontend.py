@@ -301,14 +301,19 @@ def test_oversized_body_is_413(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "body,param",
     [
-        ({"prompt": "Hi", "max_tokens": 4, "logprobs": 2}, "logprobs"),
+        ({"prompt": "Hi", "max_tokens": 4, "logprobs": 21}, "logprobs"),
         ({"prompt": "Hi", "max_tokens": 4, "best_of": 2}, "best_of"),
         ({"prompt": "Hi", "max_tokens": 100000}, "prompt"),
         ({"prompt": "Hi", "max_tokens": 4, "temperature": -1}, "temperature"),
-        ({"prompt": "Hi", "max_tokens": 4, "n": 2}, "n"),
+        ({"prompt": "Hi", "max_tokens": 4, "n": 17}, "n"),
+        ({"prompt": "Hi", "max_tokens": 4, "structured_outputs": {"regex": "("}}, "structured_outputs"),
+        ({"prompt": "Hi", "max_tokens": 4, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "no-such-type"}}}}, "response_format"),
+        ({"prompt": [5, 10**6], "max_tokens": 4}, "prompt"),
         ({"max_tokens": 4}, None),
     ],
-    ids=["logprobs", "unknown_field", "context_overflow", "bad_temperature", "n", "no_prompt"],
+    ids=["logprobs_over_20", "unknown_field", "context_overflow", "bad_temperature", "n_over_16", "bad_regex",
+         "bad_schema", "token_id_outside_vocab", "no_prompt"],
 )
 def test_bad_requests_are_400_with_param(http: httpx.Client, body: dict, param: str | None) -> None:
     for stream in (False, True):

@@ -86,8 +86,8 @@ def test_bad_input_is_rejected_with_the_input_named(triton, reference, case):
     with pytest.raises(InferenceServerException) as info:
         _send(triton.grpc_url, request)
     message = info.value.message()
-    # Ours start with the input's name; Triton's own shape check (rank) quotes it.
-    assert message.startswith(f"{parameter}: ") or f"input '{parameter}'" in message, message
+    # Ours start with the kind tag and the input's name; Triton's own shape check (rank) quotes it.
+    assert message.startswith(f"[INVALID_ARG] {parameter}: ") or f"input '{parameter}'" in message, message
     assert len(message) < 400
 
 
@@ -96,7 +96,7 @@ def test_bf16_and_fp32_both_given_is_rejected_over_http(triton):
     body = {"text_input": "hi", "sampling_parameters": json.dumps({"foo": 1})}
     response = httpx.post(f"{triton.http_url}/v2/models/vllm_model/generate", json=body, timeout=60)
     assert response.status_code == 400
-    assert response.json()["error"].startswith("sampling_parameters: ")
+    assert response.json()["error"].startswith("[INVALID_ARG] sampling_parameters: ")
 
 
 def test_engine_still_serves_the_same_output(triton, tiny, reference):

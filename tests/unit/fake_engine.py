@@ -20,6 +20,8 @@ class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str | None
+    index: int = 0
+    logprobs: list[dict[int, Any]] | None = None
 
 
 @dataclasses.dataclass
@@ -31,6 +33,11 @@ class Output:
 class FakeModelConfig:
     max_model_len = 128
     dtype = torch.float32
+    model = "fake"
+    max_logprobs = 20
+
+    def get_diff_sampling_param(self) -> dict[str, Any]:
+        return {}
 
     def get_hidden_size(self) -> int:
         return 8

@@ -42,9 +42,16 @@ class FakeClient:
     def __init__(self) -> None:
         self.requests: list[TritonRequest] = []
         self.ready = True
+        self.facts_asked = 0
+        self.facts = {"hidden_size": HIDDEN, "max_model_len": 16384, "vocab_size": 300, "model": "not/here",
+                      "dtype": "float32"}
 
     async def is_ready(self) -> bool:
         return self.ready
+
+    async def model_facts(self) -> dict[str, Any]:
+        self.facts_asked += 1
+        return self.facts
 
     async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
         self.requests.append(request)
@@ -168,11 +175,17 @@ def test_health_metrics_and_unknown_model(api) -> None:
 
 
 def test_bad_json_and_token_ids_without_tokenizer(api) -> None:
-    client, _ = api
+    client, fake = api
     response = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["message"] == "request body is not valid JSON"
-    response = client.post("/v1/completions", json={"prompt": [1, 2, 3]})
-    assert response.status_code == 400 and "--model-path" in response.json()["error"]["message"]
+    # Token ids need no tokenizer: they go to the model as they are.
+    assert client.post("/v1/completions", json={"prompt": [[1, 2, 3], [9]]}).status_code == 200
+    assert [r.input_ids for r in fake.requests] == [[1, 2, 3], [9]] and fake.requests[0].text is None
+    # Strings for echo and logprobs do need it.
+    for extra, param in (({"echo": True}, "echo"), ({"logprobs": 1}, "logprobs")):
+        response = client.post("/v1/completions", json={"prompt": [1, 2, 3], **extra})
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+        assert "--model-path" in response.json()["error"]["message"]
 
 
 def test_engine_health_is_read_from_the_model_gauge() -> None:
@@ -240,6 +253,28 @@ def test_prompts_per_request_are_capped() -> None:
         assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
         assert client.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 200
     assert len(fake.requests) == 2
+
+
+def test_model_facts_are_asked_once_and_bound_payloads() -> None:
+    """No --hidden-size or --max-model-len: the model's published facts give both (asked once)."""
+    fake = FakeClient()
+    fake.facts = {**fake.facts, "max_model_len": 6}
+    app = create_app(FrontendConfig(), client_factory=lambda: fake)
+    part = {"type": "prompt_embeds", "data": encode_prompt_embeds(torch.randn(4, HIDDEN))}
+    wrong = {"type": "prompt_embeds", "data": encode_prompt_embeds(torch.randn(4, HIDDEN + 1))}
+    with TestClient(app) as client:
+        for content, message in (([part, part], "context of 6"), ([wrong], "hidden size")):
+            response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+            assert response.status_code == 400 and message in response.json()["error"]["message"]
+        assert client.post("/v1/completions", json={"prompt_embeds": part["data"]}).status_code == 200
+    assert fake.facts_asked == 1
+
+
+def test_logprobs_use_the_models_own_tokenizer_when_it_is_here() -> None:
+    fake = FakeClient()
+    fake.facts = {**fake.facts, "model": str(TINY_MODEL)}
+    with TestClient(create_app(FrontendConfig(hidden_size=HIDDEN), client_factory=lambda: fake)) as client:
+        assert client.post("/v1/completions", json={"prompt": "x", "logprobs": 1}).status_code == 200
 
 
 def test_request_rows_over_the_context_are_refused() -> None:
@@ -330,22 +365,21 @@ def test_lone_surrogates_are_400_naming_the_field(api, endpoint: str, body: dict
     assert fake.requests == []
 
 
-def test_token_id_prompts_are_decoded_in_the_pool(monkeypatch) -> None:
+def test_token_id_prompts_go_untouched_and_echo_decodes_them_in_the_pool(monkeypatch) -> None:
     threads = []
-    original = FrontendState.text_for_token_ids
+    original = FrontendState._locked
 
-    def recording(self, ids, parameter="prompt"):
+    def recording(self, function, *args):
         threads.append(threading.current_thread().name)
-        return original(self, ids, parameter)
+        return original(self, function, *args)
 
-    monkeypatch.setattr(FrontendState, "text_for_token_ids", recording)
+    monkeypatch.setattr(FrontendState, "_locked", recording)
     client, fake = make_client(model_path=TINY_MODEL)
-    ids = AutoTokenizer.from_pretrained(TINY_MODEL)("Hello there", add_special_tokens=True)["input_ids"]
+    ids = [5, 300, 7, 7]  # not what any text tokenizes to: still sent as they are
     with client:
-        response = client.post("/v1/completions", json={"prompt": [ids, [10**30]]})
-        assert response.status_code == 400 and "vocabulary" in response.json()["error"]["message"]
-        assert client.post("/v1/completions", json={"prompt": ids}).status_code == 200
-    assert fake.requests[-1].text == "Hello there"
+        body = client.post("/v1/completions", json={"prompt": ids, "echo": True}).json()
+    assert fake.requests[-1].input_ids == ids
+    assert body["choices"][0]["text"] == AutoTokenizer.from_pretrained(TINY_MODEL).decode(ids) + "abc"
     assert threads and all(name.startswith("embeds-decode") for name in threads)
 
 

@@ -27,7 +27,19 @@ def test_chat_without_max_tokens_runs_to_the_context() -> None:
     "body",
     [
         {"prompt": "Hi", "best_of": 2},
-        {"prompt": "Hi", "n": 3},
+        {"prompt": "Hi", "n": 17},
+        {"prompt": "Hi", "n": 0},
+        {"prompt": "Hi", "n": 2.0},
+        {"prompt": "Hi", "n": 2, "temperature": 0},
+        {"prompt": "Hi", "logprobs": 21},
+        {"prompt": "Hi", "logprobs": True},
+        {"prompt": "Hi", "structured_outputs": {"regex": "a+", "choice": ["a"]}},
+        {"prompt": "Hi", "structured_outputs": {}},
+        {"prompt": "Hi", "structured_outputs": {"choice": []}},
+        {"prompt": "Hi", "structured_outputs": {"regex": "a", "whitespace_pattern": " "}},
+        {"prompt": "Hi", "response_format": {"type": "json_schema"}},
+        {"prompt": "Hi", "response_format": {"type": "structural_tag"}},
+        {"prompt": "Hi", "response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}},
         {"prompt": "Hi", "stream_options": {"include_usage": True}},
         {"prompt": "Hi", "stream": True, "stream_options": {"include_usage": True, "extra": 1}},
         {"prompt": ""},
@@ -35,12 +47,41 @@ def test_chat_without_max_tokens_runs_to_the_context() -> None:
         {"prompt": "Hi", "prompt_embeds_format": "numpy"},
         {"prompt": [-1, 2]},
     ],
-    ids=["unknown_field", "n", "stream_options_without_stream", "unknown_stream_option", "empty_prompt",
+    ids=["unknown_field", "n_over_cap", "n_zero", "n_float", "n_greedy", "logprobs_over_20", "logprobs_bool", "two_structures",
+         "no_structure", "empty_choice", "unsupported_structure_field", "json_schema_without_schema",
+         "structural_tag", "response_format_and_structured_outputs", "stream_options_without_stream", "unknown_stream_option", "empty_prompt",
          "empty_embeds", "unknown_format", "negative_token_id"],
 )
 def test_completion_request_refusals(body: dict) -> None:
     with pytest.raises(PydanticError):
         CompletionRequest(**body)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ({"n": 3, "seed": 7}, {"n": 3, "seed": 7}),
+    ({"logprobs": 0}, {"logprobs": 0}),
+    ({"structured_outputs": {"choice": ["yes", "no"]}}, {"structured_outputs": {"choice": ["yes", "no"]}}),
+    ({"structured_outputs": {"json": {"type": "object"}}}, {"structured_outputs": {"json": {"type": "object"}}}),
+    ({"structured_outputs": {"json": "{}"}}, {"structured_outputs": {"json": "{}"}}),
+    ({"structured_outputs": {"grammar": "root ::= \"a\""}}, {"structured_outputs": {"grammar": "root ::= \"a\""}}),
+    ({"structured_outputs": {"json_object": True}}, {"structured_outputs": {"json_object": True}}),
+    ({"response_format": {"type": "json_object"}}, {"structured_outputs": {"json_object": True}}),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"}}}},
+     {"structured_outputs": {"json": {"type": "integer"}}}),
+    ({"response_format": {"type": "text"}}, {}),
+], ids=["n_seed", "logprobs", "choice", "json", "json_text", "grammar", "json_object", "rf_json_object",
+        "rf_json_schema", "rf_text"])
+def test_parity_fields_reach_sampling_parameters(body: dict, expected: dict) -> None:
+    assert CompletionRequest(prompt="Hi", **body).to_sampling_params() == {**expected, "max_tokens": 16}
+
+
+def test_chat_logprobs_map_to_top_logprobs() -> None:
+    message = [{"role": "user", "content": "Hi"}]
+    assert ChatCompletionRequest(messages=message, logprobs=True).to_sampling_params()["logprobs"] == 0
+    assert ChatCompletionRequest(messages=message, logprobs=True, top_logprobs=5).to_sampling_params()["logprobs"] == 5
+    assert "logprobs" not in ChatCompletionRequest(messages=message, top_logprobs=0).to_sampling_params()
+    with pytest.raises(PydanticError, match="logprobs` must be set to true"):
+        ChatCompletionRequest(messages=message, top_logprobs=2)
 
 
 def test_completion_choices_order_embeddings_then_text() -> None:
@@ -71,18 +112,27 @@ def test_chat_message_refusals(message: dict) -> None:
 @pytest.mark.parametrize(
     "text,status,param",
     [
-        ("prompt_embeds: hidden size 129 does not match the model's 128", 400, "prompt_embeds"),
-        ("prompt_embeds_fp16: contains NaN or infinite values", 400, "prompt_embeds"),
-        ("text_input: prompt of 6 tokens plus max_tokens 9000 exceeds the context of 8192", 400, "prompt"),
-        ("messages: messages[0].role must be one of [...]", 400, "messages"),
-        ("sampling_parameters: temperature must be non-negative", 400, "sampling_parameters"),
-        ("overloaded: 256 requests already queued", 429, None),
-        ("the engine died; the model must be reloaded", 503, None),
+        ("[INVALID_ARG] prompt_embeds: hidden size 129 does not match the model's 128", 400, "prompt_embeds"),
+        ("[INVALID_ARG] prompt_embeds_fp16: contains NaN or infinite values", 400, "prompt_embeds"),
+        ("[INVALID_ARG] text_input: prompt of 6 tokens plus max_tokens 9000 exceeds the context", 400, "prompt"),
+        ("[INVALID_ARG] input_ids: holds a token id outside the vocabulary", 400, "prompt"),
+        ("[INVALID_ARG] messages: messages[0].role must be one of [...]", 400, "messages"),
+        ("[INVALID_ARG] sampling_parameters: temperature must be non-negative", 400, "temperature"),
+        ("[INVALID_ARG] sampling_parameters: structured_outputs is not valid: bad regex", 400, "structured_outputs"),
+        ("[INVALID_ARG] sampling_parameters: structured_outputs.choice must be a list", 400, "structured_outputs"),
+        ("[INVALID_ARG] sampling_parameters: must be a JSON object", 400, "sampling_parameters"),
+        ("[StatusCode.INVALID_ARGUMENT] [INVALID_ARG] request: engine check", 400, "request"),
+        ("[UNAVAILABLE] overloaded: 256 requests already queued", 429, None),
+        ("[UNAVAILABLE] the engine died; the model must be reloaded", 503, None),
         ("Request for unknown model: 'vllm_model' is not found", 503, None),
-        ("request cancelled by the client", 499, None),
-        ("internal error: KeyError: 'x'", 500, None),
-        ("foo: not one of our inputs", 500, None),
+        ("[CANCELLED] request cancelled by the client", 499, None),
+        ("[INTERNAL] internal error: KeyError: 'x'", 500, None),
+        ("[INVALID_ARG] foo: not one of our inputs", 400, None),
+        ("[UNAVAILABLE] shutting down", 503, None),
     ],
+    ids=["embeds", "embeds_fp16", "text_input", "input_ids", "messages", "sampling_field", "structured_outputs",
+         "structured_choice", "sampling_whole", "request", "overloaded", "engine_died", "untagged_triton",
+         "cancelled", "internal", "unknown_input", "unavailable_any_wording"],
 )
 def test_triton_error_text_mapping(text: str, status: int, param: str | None) -> None:
     error = from_triton_message(text)
@@ -91,7 +141,7 @@ def test_triton_error_text_mapping(text: str, status: int, param: str | None) ->
 
 
 def test_triton_error_names_the_openai_parameter() -> None:
-    error = from_triton_message("text_input: prompt of 6 tokens leaves no room")
+    error = from_triton_message("[INVALID_ARG] text_input: prompt of 6 tokens leaves no room")
     assert error.message == "prompt: prompt of 6 tokens leaves no room"
 
 

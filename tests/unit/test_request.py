@@ -72,7 +72,7 @@ BAD = {
     "not-utf8": ({"text_input": np.array([b"\xff\xfe"], dtype=np.object_)}, "text_input", "UTF-8"),
     "two-strings": ({"text_input": np.array([b"a", b"b"], dtype=np.object_)}, "text_input", "one string"),
     "unknown-sampling": ({"text_input": s("a"), "sampling_parameters": s('{"nope": 1}')}, "sampling_parameters", "nope"),
-    "unsupported-sampling": ({"text_input": s("a"), "sampling_parameters": s('{"n": 2}')}, "sampling_parameters", "unsupported"),
+    "unsupported-sampling": ({"text_input": s("a"), "sampling_parameters": s('{"best_of": 2}')}, "sampling_parameters", "unsupported"),
     "sampling-not-object": ({"text_input": s("a"), "sampling_parameters": s("[1]")}, "sampling_parameters", "object"),
     "bad-temperature": ({"text_input": s("a"), "sampling_parameters": s('{"temperature": -1}')}, "sampling_parameters", "temperature"),
     "bad-number": ({"text_input": s("a"), "sampling_parameters": s('{"max_tokens": "many"}')}, "sampling_parameters", "max_tokens"),

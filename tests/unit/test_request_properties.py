@@ -33,9 +33,9 @@ HIDDEN = 128
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))
 # Written out here rather than imported, so the test is an independent statement of the interface.
 BOOL_FIELDS = ["ignore_eos", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens"]
-INT_FIELDS = ["top_k", "seed", "max_tokens", "min_tokens"]
+INT_FIELDS = ["top_k", "seed", "max_tokens", "min_tokens", "n", "logprobs"]
 FLOAT_FIELDS = ["temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"]
-LIST_FIELDS = ["stop", "stop_token_ids", "bad_words", "logit_bias"]
+LIST_FIELDS = ["stop", "stop_token_ids", "bad_words", "logit_bias", "structured_outputs"]
 SAMPLING_FIELDS = BOOL_FIELDS + INT_FIELDS + FLOAT_FIELDS + LIST_FIELDS
 
 
@@ -48,12 +48,13 @@ class Engine:
     """What vLLM's InputProcessor and engine-core process do with a request's SamplingParams."""
 
     def __init__(self) -> None:
-        from vllm.config import ModelConfig
+        from vllm.config import ModelConfig, StructuredOutputsConfig
         from vllm.tokenizers import get_tokenizer
         from vllm.v1.engine import EngineCoreRequest
         from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
 
         self.model_config = ModelConfig(model=str(TINY_MODEL))
+        self.structured_config = StructuredOutputsConfig()
         self.tokenizer = get_tokenizer(str(TINY_MODEL))  # the engine's tokenizer wrapper
         self.request_type = EngineCoreRequest
         self.encoder, self.decoder = MsgpackEncoder(), MsgpackDecoder(EngineCoreRequest)
@@ -62,7 +63,7 @@ class Engine:
         """Raises whatever the engine would raise for this request."""
         params = request.sampling.clone()
         # InputProcessor._validate_params / process_inputs, in order.
-        params.verify(self.model_config, None, None, self.tokenizer)
+        params.verify(self.model_config, None, self.structured_config, self.tokenizer)
         if params.max_tokens is None:
             params.max_tokens = MAX_LEN - request.prompt.num_tokens
             assert params.min_tokens <= params.max_tokens, "vLLM refuses min_tokens over the room left"
@@ -82,6 +83,12 @@ class Engine:
         decoded = self.decoder.decode(self.encoder.encode(core_request)).sampling_params
         for name in SAMPLING_FIELDS:
             assert getattr(decoded, name) == getattr(params, name), name
+        if params.n > 1 and params.seed is not None:  # vLLM's n: child i is sent with seed + i
+            self.encoder.encode(params.seed + params.n - 1)
+
+    def verify(self, params: Any) -> None:
+        """What the model runs before the engine (backend.lifecycle.model_info's verify)."""
+        params.clone().verify(self.model_config, None, self.structured_config, self.tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +139,13 @@ def _values(name: str) -> st.SearchStrategy:
         right = _floats | _number_strings
     elif name in ("stop", "bad_words"):
         right = _texts | st.lists(_texts | st.integers(), max_size=5) | st.just(["x"] * 70) | st.just(["y" * 2000])
+    elif name == "structured_outputs":
+        spec = st.sampled_from(["json", "json_object", "regex", "choice", "grammar", "other"])
+        right = st.dictionaries(spec, st.sampled_from(
+            ["[a-z]+", "(", "a{3,2}", "", " ", "\x00", 'root ::= "a"', "root ::= ", '{"type": "object"}', "{",
+             '{"type": "nope"}']) | st.lists(_texts, max_size=3) | st.just({"type": "integer"})
+            | st.just({"type": "object", "properties": {"a": {"type": "string"}}}) | st.booleans() | json_values,
+            min_size=1, max_size=2)
     elif name == "stop_token_ids":
         right = st.lists(_token_ids, max_size=5) | st.just(list(range(2000)))
     else:
@@ -235,7 +249,7 @@ def _refused(exc: ValidationError, allowed: tuple[str, ...] | None = None) -> No
 @example(inputs={"text_input": _string_array("\ud800")})
 def test_any_input_is_refused_or_accepted_by_the_engine(builder, engine, inputs):
     try:
-        request = parse_request(inputs, builder, CONFIG, MAX_LEN)
+        request = parse_request(inputs, builder, CONFIG, MAX_LEN, verify_sampling=engine.verify)
     except ValidationError as exc:
         _refused(exc)
         return
@@ -265,10 +279,14 @@ def test_any_input_is_refused_or_accepted_by_the_engine(builder, engine, inputs)
 @example(sampling={"stop_token_ids": [True, 2]})
 @example(sampling={"logit_bias": {"x": 1}})  # parsed, then a TypeError in the engine
 @example(sampling={"max_tokens": None, "min_tokens": 100})  # vLLM checks min_tokens against the room left
+@example(sampling={"n": 16, "seed": 2**63 - 2, "temperature": 1})  # child seeds past 64 bits
+@example(sampling={"structured_outputs": {"regex": "("}})  # must never reach the engine
+@example(sampling={"structured_outputs": {"json": '{"type": "nope"}'}})
+@example(sampling={"structured_outputs": {"grammar": "root ::= "}})
 def test_any_sampling_values_are_refused_or_accepted_by_the_engine(builder, engine, sampling):
     """Valid prompt, right and wrong values for every sampling field: parsed means the engine takes it."""
     try:
-        request = parse_request(_sampling_input(sampling), builder, CONFIG, MAX_LEN)
+        request = parse_request(_sampling_input(sampling), builder, CONFIG, MAX_LEN, verify_sampling=engine.verify)
     except ValidationError as exc:
         _refused(exc, ("sampling_parameters", "text_input"))
         return
@@ -291,10 +309,13 @@ def test_any_sampling_values_are_refused_or_accepted_by_the_engine(builder, engi
     "bad_words": st.lists(st.text(min_size=1, max_size=10).filter(str.strip), max_size=8),
     "logit_bias": st.dictionaries(st.integers(0, 261).map(str), st.floats(-1000, 1000), max_size=20),
     "ignore_eos": st.booleans() | st.sampled_from(["true", "False"]),
+    "logprobs": st.integers(0, 20),
+    "structured_outputs": st.sampled_from([{"choice": ["yes", "no"]}, {"regex": "[a-z]{1,5}"}, {"json_object": True},
+                                           {"json": {"type": "object", "properties": {"a": {"type": "integer"}}}}]),
 }))
 def test_values_in_range_are_accepted(builder, engine, sampling):
     """The checks are not simply refusing everything: in-range values pass and reach the engine intact."""
-    request = parse_request(_sampling_input(sampling), builder, CONFIG, MAX_LEN)
+    request = parse_request(_sampling_input(sampling), builder, CONFIG, MAX_LEN, verify_sampling=engine.verify)
     engine.accept(request)
     for bias in (request.sampling.logit_bias or {}).values():
         assert -100 <= bias <= 100

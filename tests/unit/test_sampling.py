@@ -108,7 +108,7 @@ REFUSED = {
                             "logit_bias", "limit"),
     "logit_bias-list": ({"logit_bias": [1]}, "logit_bias", "object"),
     # the object itself
-    "unknown-field": ({"n": 2}, "unsupported", "unsupported"),
+    "unknown-field": ({"best_of": 2}, "unsupported", "unsupported"),
     "not-an-object": ([1], "sampling_parameters", "JSON object"),
 }
 

@@ -69,4 +69,29 @@ def test_nothing_is_sent_or_asked_after_the_final_response(triton_io):
     assert sink.is_cancelled() is False
     assert sender.cancel_calls == 1 and len(sender.sent) == 1
     response, flags = sender.sent[0]
-    assert flags == 1 and response["error"].msg == "busy"
+    assert flags == 1 and response["error"].msg == "[UNAVAILABLE] busy"
+
+
+def test_choice_index_and_logprobs_become_typed_tensors(triton_io):
+    sink, sender = make_sink(triton_io)
+    sink.send(Response(text="ab", token_ids=[7, 8], index=2, logprobs=[-0.5, -1.0],
+                       top_logprobs_ids=[[7, 9], [3, 8]], top_logprobs=[[-0.5, -2.0], [-0.2, -1.0]]), final=True)
+    tensors = dict(sender.sent[0][0]["tensors"])
+    assert tensors["index"].dtype == np.uint32 and tensors["index"].tolist() == [2]
+    assert tensors["output_logprobs"].dtype == np.float32 and tensors["output_logprobs"].shape == (2,)
+    assert tensors["top_logprobs_ids"].dtype == np.int64 and tensors["top_logprobs_ids"].tolist() == [[7, 9], [3, 8]]
+    assert tensors["top_logprobs"].shape == (2, 2)
+
+
+def test_zero_alternatives_give_k_by_0_tensors(triton_io):
+    sink, sender = make_sink(triton_io)
+    sink.send(Response(text="a", token_ids=[7], logprobs=[-0.5], top_logprobs_ids=[[]], top_logprobs=[[]]),
+              final=True)
+    tensors = dict(sender.sent[0][0]["tensors"])
+    assert tensors["top_logprobs_ids"].shape == (1, 0) and tensors["top_logprobs"].shape == (1, 0)
+
+
+def test_model_info_is_the_only_tensor_of_its_response(triton_io):
+    sink, sender = make_sink(triton_io)
+    sink.send(Response(text="", model_info='{"hidden_size": 8}'), final=True)
+    assert [name for name, _ in sender.sent[0][0]["tensors"]] == ["model_info"]

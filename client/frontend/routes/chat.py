@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from client.frontend import sse
-from client.frontend.errors import APIError
-from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
-from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state
+from client.frontend.generation import ChoiceStreams, collect, prompt_tokens, sse_stream, until_disconnected
+from client.frontend.logprobs import ChoiceLogprobs
+from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state, structure_errors
 from client.frontend.schemas import ChatCompletionRequest, chat_body, new_id, usage
 from client.frontend.triton_client import Delta, TritonRequest
 
@@ -58,13 +58,13 @@ def concatenate(tensors: list[torch.Tensor]) -> torch.Tensor | None:
 
 @router.post(ENDPOINT)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
-    """OpenAI Chat Completions with vLLM's prompt_embeds content parts."""
+    """OpenAI Chat Completions with vLLM's prompt_embeds content parts, n, logprobs and structured outputs."""
     started = time.perf_counter()
     state = frontend_state(request)
     check_unicode(body)  # first: later errors may quote a field (the model name)
     check_model(body.model, state)
-    if body.logprobs or body.top_logprobs is not None:
-        raise APIError(400, "logprobs is not supported by this server", "logprobs")
+    top = body.num_top_logprobs
+    token_text = await state.token_text("logprobs") if top is not None else None
     messages, payloads, where = split_messages(body)
     await state.open_streams(1, request.scope)
     tensors = await state.decode(payloads, body.prompt_embeds_format, where, scope=request.scope,
@@ -73,19 +73,31 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     job = TritonRequest(body.to_sampling_params(), stream=bool(body.stream), messages=messages,
                         embeds=embeds, lengths=[int(t.shape[0]) for t in tensors] or None)
     request_id, model, created = new_id("chatcmpl"), state.config.served_name, int(time.time())
+    n = body.n
+    builders = [ChoiceLogprobs(token_text) if token_text else None for _ in range(n)]
+
+    def logprobs_of(index: int, item: Any) -> dict[str, Any] | None:
+        builder = builders[index]
+        if builder is None:
+            return None
+        return {"content": builder.chat(item.token_ids, item.logprobs, item.top_ids, item.top_logprobs, top)}
 
     if not body.stream:
-        (result,) = await until_disconnected(request, collect(state.client, [job]),
-                                             state.metrics.disconnects.labels(ENDPOINT).inc)
-        count_tokens(state, ENDPOINT, result.prompt_tokens, result.completion_tokens)
-        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
-                  "finish_reason": result.finish_reason, "stop_reason": None}
-        return Response(sse.json_bytes(chat_body(request_id, model, [choice], chunk=False, created=created,
-                                                 usage_info=usage(result.prompt_tokens, result.completion_tokens))),
+        with structure_errors(body):
+            results = await until_disconnected(request, collect(state.client, [job]),
+                                               state.metrics.disconnects.labels(ENDPOINT).inc)
+        prompt_count = prompt_tokens(results, n)
+        completion_tokens = sum(r.completion_tokens for r in results)
+        count_tokens(state, ENDPOINT, prompt_count, completion_tokens)
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": logprobs_of(i, r),
+                    "finish_reason": r.finish_reason, "stop_reason": None} for i, r in enumerate(results)]
+        return Response(sse.json_bytes(chat_body(request_id, model, choices, chunk=False, created=created,
+                                                 usage_info=usage(prompt_count, completion_tokens))),
                         media_type="application/json")
 
     streams = ChoiceStreams(state.client, [job])
-    await streams.start()
+    with structure_errors(body):
+        await streams.start()
     totals = {"prompt": 0, "completion": 0}
     role_sent = []
     chunks = sse.ChunkFormat(request_id, model, created, chat=True)
@@ -93,15 +105,16 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     def render(index: int, delta: Delta) -> bytes:
         out = b""
         if not role_sent:
-            # The first chunk names the role, as OpenAI's and vLLM's streams do.
-            out = sse.event(chat_body(request_id, model, [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                           "logprobs": None, "finish_reason": None}],
-                                      chunk=True, created=created))
+            # The first chunks name the role, one per choice, as OpenAI's and vLLM's streams do.
+            out = b"".join(sse.event(chat_body(request_id, model, [{"index": i, "delta": {"role": "assistant",
+                                                                                        "content": ""},
+                                                                    "logprobs": None, "finish_reason": None}],
+                                               chunk=True, created=created)) for i in range(n))
             role_sent.append(True)
         totals["prompt"] = delta.num_input_tokens or totals["prompt"]
         totals["completion"] += delta.num_output_tokens
-        if delta.text or delta.finish_reason:
-            out += chunks.chunk(0, delta.text, delta.finish_reason)
+        if delta.text or delta.finish_reason or delta.token_ids:
+            out += chunks.chunk(index, delta.text, delta.finish_reason, logprobs_of(index, delta))
         return out
 
     def finish() -> list[bytes]:

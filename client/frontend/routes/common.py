@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import Request
@@ -9,6 +11,7 @@ from pydantic import BaseModel
 
 from client.frontend.errors import APIError
 from client.frontend.generation import FrontendState
+from client.frontend.schemas import SamplingFields
 
 
 def frontend_state(request: Request) -> FrontendState:
@@ -61,3 +64,15 @@ def check_unicode(body: BaseModel) -> None:
     path = _unencodable(body, "")
     if path is not None:
         raise APIError(400, f"{path}: contains an unpaired UTF-16 surrogate (not valid Unicode)", path)
+
+
+@contextlib.contextmanager
+def structure_errors(body: SamplingFields) -> Iterator[None]:
+    """The model's refusal of a structured-outputs constraint names the field the client sent it in."""
+    try:
+        yield
+    except APIError as exc:
+        if exc.param == "structured_outputs" and body.structure_parameter != "structured_outputs":
+            exc.param = body.structure_parameter
+            exc.message = exc.message.replace("structured_outputs", body.structure_parameter, 1)
+        raise

@@ -1,4 +1,4 @@
-"""POST /v1/completions: each prompt_embeds payload, then each text prompt, is one choice (as vLLM)."""
+"""POST /v1/completions: each prompt_embeds payload, then each prompt, is one Triton request of n choices (as vLLM)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from client.frontend import sse
 from client.frontend.errors import APIError
-from client.frontend.generation import ChoiceStreams, collect, sse_stream, until_disconnected
-from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state
+from client.frontend.generation import ChoiceStreams, collect, prompt_tokens, sse_stream, until_disconnected
+from client.frontend.logprobs import ChoiceLogprobs
+from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state, structure_errors
 from client.frontend.schemas import CompletionRequest, completion_body, new_id, usage
 from client.frontend.triton_client import Delta, TritonRequest
 
@@ -25,14 +26,18 @@ def _check_unsupported(body: CompletionRequest) -> None:
         raise APIError(400, "Echo is unsupported with prompt embeds.", "echo")
     if embeds and body.prompt_logprobs is not None:
         raise APIError(400, "prompt_logprobs is not compatible with prompt embeds.", "prompt_logprobs")
-    for name in ("logprobs", "prompt_logprobs", "suffix"):
+    if body.echo and body.logprobs is not None:
+        # vLLM answers this with the prompt's logprobs, which the Triton model does not return.
+        raise APIError(400, "echo together with logprobs is not supported by this server (it needs prompt "
+                            "logprobs)", "echo")
+    for name in ("prompt_logprobs", "suffix"):
         if getattr(body, name) is not None:
             raise APIError(400, f"{name} is not supported by this server", name)
 
 
 @router.post(ENDPOINT)
 async def create_completion(body: CompletionRequest, request: Request) -> Any:
-    """OpenAI Completions with vLLM's prompt_embeds."""
+    """OpenAI Completions with vLLM's prompt_embeds, token-id prompts, n, logprobs and structured outputs."""
     started = time.perf_counter()
     state = frontend_state(request)
     check_unicode(body)  # first: later errors may quote a field (the model name)
@@ -45,52 +50,70 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
                             "per request", "prompt" if prompts else "prompt_embeds")
     names = ["prompt_embeds"] if isinstance(body.prompt_embeds, str) else [
         f"prompt_embeds[{i}]" for i in range(len(payloads))]
+    token_text = await state.token_text("logprobs") if body.logprobs is not None else None
     await state.open_streams(len(payloads) + len(prompts), request.scope)
     tensors = await state.decode(payloads, body.prompt_embeds_format, names, scope=request.scope)
     sampling = body.to_sampling_params()
-    jobs = [TritonRequest(sampling, stream=bool(body.stream), embeds=t) for t in tensors]
+    stream = bool(body.stream)
+    jobs = [TritonRequest(sampling, stream=stream, embeds=t) for t in tensors]
     echoes = [""] * len(jobs)
-    decoded = iter(await state.texts_for_token_ids([p for p in prompts if not isinstance(p, str)]))
+    id_prompts = [p for p in prompts if not isinstance(p, str)]
+    decoded = iter(await state.prompt_texts(id_prompts) if body.echo else [""] * len(id_prompts))
     for prompt in prompts:
-        text = prompt if isinstance(prompt, str) else next(decoded)
-        jobs.append(TritonRequest(sampling, stream=bool(body.stream), text=text))
-        echoes.append(text if body.echo else "")
+        if isinstance(prompt, str):
+            jobs.append(TritonRequest(sampling, stream=stream, text=prompt))
+            echoes.append(prompt if body.echo else "")
+        else:  # token ids go to the engine as they are (no round trip through text)
+            jobs.append(TritonRequest(sampling, stream=stream, input_ids=list(prompt)))
+            echoes.append(next(decoded))
+    n = body.n
+    echoes = [echo for echo in echoes for _ in range(n)]  # one per choice
+    logprobs = [ChoiceLogprobs(token_text) if token_text else None for _ in echoes]
     request_id, model, created = new_id("cmpl"), state.config.served_name, int(time.time())
 
+    def logprobs_of(index: int, item: Any) -> dict[str, Any] | None:
+        builder = logprobs[index]
+        if builder is None:
+            return None
+        return builder.completion(item.token_ids, item.logprobs, item.top_ids, item.top_logprobs, body.logprobs)
+
     if not body.stream:
-        results = await until_disconnected(request, collect(state.client, jobs),
-                                           state.metrics.disconnects.labels(ENDPOINT).inc)
-        choices = [{"index": i, "text": echoes[i] + r.text, "logprobs": None, "finish_reason": r.finish_reason,
-                    "stop_reason": None} for i, r in enumerate(results)]
-        prompt_tokens = sum(r.prompt_tokens for r in results)
+        with structure_errors(body):
+            results = await until_disconnected(request, collect(state.client, jobs),
+                                               state.metrics.disconnects.labels(ENDPOINT).inc)
+        choices = [{"index": i, "text": echoes[i] + r.text, "logprobs": logprobs_of(i, r),
+                    "finish_reason": r.finish_reason, "stop_reason": None} for i, r in enumerate(results)]
+        prompt_count = prompt_tokens(results, n)
         completion_tokens = sum(r.completion_tokens for r in results)
-        count_tokens(state, ENDPOINT, prompt_tokens, completion_tokens)
+        count_tokens(state, ENDPOINT, prompt_count, completion_tokens)
         return Response(sse.json_bytes(completion_body(request_id, model, choices, chunk=False, created=created,
-                                                       usage_info=usage(prompt_tokens, completion_tokens))),
+                                                       usage_info=usage(prompt_count, completion_tokens))),
                         media_type="application/json")
 
     streams = ChoiceStreams(state.client, jobs)
-    await streams.start()
-    prompt_tokens = [0] * len(jobs)
-    completion_tokens = [0] * len(jobs)
-    echoed = [False] * len(jobs)
+    with structure_errors(body):
+        await streams.start()
+    prompt_counts = [0] * len(echoes)
+    completion_counts = [0] * len(echoes)
+    echoed = [False] * len(echoes)
     chunks = sse.ChunkFormat(request_id, model, created, chat=False)
 
     def render(index: int, delta: Delta) -> bytes:
-        completion_tokens[index] += delta.num_output_tokens
-        prompt_tokens[index] = delta.num_input_tokens or prompt_tokens[index]
+        completion_counts[index] += delta.num_output_tokens
+        prompt_counts[index] = delta.num_input_tokens or prompt_counts[index]
         text = delta.text if echoed[index] else echoes[index] + delta.text
         echoed[index] = True
-        if not text and not delta.finish_reason:
+        if not text and not delta.finish_reason and not delta.token_ids:
             return b""
-        return chunks.chunk(index, text, delta.finish_reason)
+        return chunks.chunk(index, text, delta.finish_reason, logprobs_of(index, delta))
 
     def finish() -> list[bytes]:
-        count_tokens(state, ENDPOINT, sum(prompt_tokens), sum(completion_tokens))
+        prompt_count = sum(max(prompt_counts[i:i + n]) for i in range(0, len(prompt_counts), n))
+        count_tokens(state, ENDPOINT, prompt_count, sum(completion_counts))
         if not body.include_usage:
             return []
         return [sse.event(completion_body(request_id, model, [], chunk=True, created=created,
-                                          usage_info=usage(sum(prompt_tokens), sum(completion_tokens))))]
+                                          usage_info=usage(prompt_count, sum(completion_counts))))]
 
     return StreamingResponse(sse_stream(streams, render, finish, state, ENDPOINT, started),
                              media_type="text/event-stream")

@@ -17,6 +17,7 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 
+from backend.config import parse_serving_config, triton_parameters  # noqa: E402
 from backend.placement import pin_engine  # noqa: E402
 from backend.reaper import start_reaper  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
@@ -34,7 +35,9 @@ class TritonPythonModel:
         engine_args_path = Path(args["model_repository"]) / args["model_version"] / "model.json"
         name = args["model_name"]
         pin_engine(args, engine_args_path)  # KIND_GPU: this instance's engine sees only its own GPU
-        self.metrics = TritonMetrics(name) if _reports_metrics(model_config) else None
+        # The typed loader reads the switch (a bad value fails the load there too).
+        reports = parse_serving_config(triton_parameters(model_config)).report_custom_metrics
+        self.metrics = TritonMetrics(name) if reports else None
         self.service = GenerationService(model_config, engine_args_path, observer=self.metrics)
 
     def execute(self, requests):
@@ -51,7 +54,3 @@ class TritonPythonModel:
         self.service = self.metrics = None
         gc.collect()
 
-
-def _reports_metrics(model_config):
-    value = model_config.get("parameters", {}).get("report_custom_metrics", {}).get("string_value", "true")
-    return value.strip().lower() in ("1", "true", "yes", "on")
