@@ -5,6 +5,7 @@ Only this module imports triton_python_backend_utils.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from typing import Any
@@ -117,6 +118,8 @@ class TritonMetrics:
         counter = pb_utils.MetricFamily.COUNTER
         # Families must outlive their metrics (Triton refuses updates otherwise): keep them all.
         self._families: list[Any] = []
+        self._lock = threading.Lock()  # updates (metrics thread) vs release() (finalize)
+        self._released = False
 
         def family(name: str, description: str, kind: Any) -> Any:
             self._families.append(pb_utils.MetricFamily(name=name, description=description, kind=kind))
@@ -143,8 +146,29 @@ class TritonMetrics:
         self._tpot = family("vllm:time_per_output_token_seconds", "Mean time per output token after the first, one observation per request",
                             histogram).Metric(labels, buckets=TPOT_BUCKETS)
 
+    def release(self) -> None:
+        """Drop every metric, then every family, now, while the stub's shared memory still exists.
+
+        Called from finalize(). Left to the interpreter's exit, their destructors write to shared
+        memory that is gone (the stub segfaulted in Metric::SaveToSharedMemory during shutdown);
+        updates that arrive later are ignored.
+        """
+        with self._lock:
+            self._released = True
+            for name in ("_prompt", "_embeds", "_generation", "_ttft", "_tpot"):
+                setattr(self, name, None)
+            self._outcomes.clear()
+            self._counts.clear()
+            self._families.clear()
+            gc.collect()
+
     def on_finish(self, record: RequestRecord) -> None:
         """One finished request: a handful of updates, whatever its length."""
+        with self._lock:
+            if not self._released:
+                self._record(record)
+
+    def _record(self, record: RequestRecord) -> None:
         self._prompt.increment(record.prompt_tokens)
         self._embeds.increment(record.prompt_embeds_tokens)
         self._generation.increment(record.output_tokens)
@@ -156,5 +180,6 @@ class TritonMetrics:
 
     def on_counts(self, counts: dict[str, int]) -> None:
         """Set the load gauges."""
-        for key, metric in self._counts.items():
-            metric.set(counts.get(key, 0))
+        with self._lock:
+            for key, metric in self._counts.items():
+                metric.set(counts.get(key, 0))

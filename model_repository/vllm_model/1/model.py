@@ -48,6 +48,8 @@ class TritonPythonModel:
 
     def finalize(self):
         self.service.shutdown()
+        if self.metrics is not None:
+            self.metrics.release()  # also stops late updates from the metrics thread
         # Free every Triton object (response senders kept by finished tasks, metric families) while
         # the stub can: left to the interpreter's exit, their destructors touch shared memory that
         # is gone already (the stub segfaulted there on Triton 2.51).
