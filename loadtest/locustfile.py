@@ -402,7 +402,10 @@ class SoakTritonUser(SoakMixin, TritonGrpcUser):
         if error is None:
             raise BadInputNotRejected(f"{case}: answered without an error")
         message = error.message() if hasattr(error, "message") else str(error)
-        if not message.startswith(f"{parameter}: "):
+        from client.triton_errors import parse_error
+
+        info = parse_error(message)
+        if info.kind != "INVALID_ARG" or info.parameter != parameter:
             raise BadInputNotRejected(f"{case}: error does not name {parameter}: {message[:200]}")
 
     def cancel_after_first_token(self) -> None:
