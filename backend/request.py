@@ -21,7 +21,8 @@ from backend.sampling import DEFAULT_MAX_LOGPROBS, parse_sampling_params
 from backend.types import GenerationRequest  # defined with the other shared types; imported here for callers
 
 
-def _scalar_bool(inputs: Mapping[str, Any], name: str, default: bool) -> bool:
+def scalar_bool(inputs: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A one-element BOOL input, or `default` when absent; anything else is a ValidationError."""
     value = inputs.get(name)
     if value is None:
         return default
@@ -154,10 +155,10 @@ def parse_request(
     if prompt.num_tokens == 0:
         raise ValidationError(prompt_input, "the prompt is empty")
 
-    stream = _scalar_bool(inputs, "stream", False)
+    stream = scalar_bool(inputs, "stream", False)
     # As vllm_backend: a non-streaming response includes the prompt text unless told otherwise;
     # a stream never repeats it.
-    exclude_input = _scalar_bool(inputs, "exclude_input_in_output", stream)
+    exclude_input = scalar_bool(inputs, "exclude_input_in_output", stream)
     if stream and not exclude_input:
         raise ValidationError("exclude_input_in_output", "must be true when streaming")
     sampling = parse_sampling_params(
@@ -167,6 +168,6 @@ def parse_request(
     )
     if ids is not None and not exclude_input:  # the echo of a token-id prompt is its decoded text
         prompt.echo_text = builder.tokenizer.decode(ids)
-    flags = {name: _scalar_bool(inputs, name, False) for name in RETURN_FLAGS}
+    flags = {name: scalar_bool(inputs, name, False) for name in RETURN_FLAGS}
     return GenerationRequest(prompt=prompt, sampling=sampling, stream=stream, exclude_input_in_output=exclude_input,
                              n=sampling.n, logprobs=sampling.logprobs, **flags)

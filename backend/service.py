@@ -12,8 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from backend.config import (
     ServingConfig,
     check_engine_arg_names,
@@ -25,7 +23,7 @@ from backend.engine import EngineDriver
 from backend.errors import ConfigError, ValidationError
 from backend.interface import MAX_N, MODEL_INFO, MODEL_INFO_KEYS
 from backend.prompt import PromptBuilder
-from backend.request import parse_request
+from backend.request import parse_request, scalar_bool
 from backend.sampling import check_sampling_defaults
 from backend.server_watch import ServerWatch, find_ready_url
 from backend.types import ModelInfo, Observer, Response, ResponseSink
@@ -43,13 +41,7 @@ def model_facts(info: ModelInfo, placeholder: str, vocab_size: int) -> str:
 
 def wants_model_info(inputs: Mapping[str, Any]) -> bool:
     """Whether the request asks for the model facts (the BOOL input model_info = true) and nothing else."""
-    value = inputs.get(MODEL_INFO)
-    if value is None:
-        return False
-    array = np.asarray(value)
-    if array.size != 1 or array.dtype != np.bool_:
-        raise ValidationError(MODEL_INFO, "must be one BOOL value")
-    if not bool(array.reshape(-1)[0]):
+    if not scalar_bool(inputs, MODEL_INFO, False):
         return False
     others = sorted(name for name in inputs if name != MODEL_INFO and inputs[name] is not None)
     if others:
