@@ -176,24 +176,30 @@ class EngineDriver:
     async def _watch(self) -> None:
         """Replace an engine that died (its process crashed or was killed) or stalled."""
         interval = min(1.0, self._stall_s / 4) if self._stall_s > 0 else 1.0
+        watched = None
         while True:
             await asyncio.sleep(interval)
             engine = self._lifecycle.engine
             if engine is None or not self._accepting:
                 continue
+            if engine is not watched:  # a fresh engine owes nothing for the time before it ran
+                watched, self._last_progress = engine, time.monotonic()
             if engine.errored:
                 self._lifecycle.replace("the engine died")
-            elif self._stall_s > 0 and self._active and time.monotonic() - self._last_progress > self._stall_s:
-                self._replace_stalled()
+                continue
+            # Requests already ended (e.g. still aborting on a replaced engine) owe nothing either.
+            waiting = [a for a in self._active.values() if a.end_error is None]
+            if self._stall_s > 0 and waiting and time.monotonic() - self._last_progress > self._stall_s:
+                self._replace_stalled(waiting)
 
-    def _replace_stalled(self) -> None:
-        waiting = len(self._active)
+    def _replace_stalled(self, waiting: list[Active]) -> None:
         logger.error("the engine produced nothing for %.0fs with %d requests in flight: replacing it",
-                     time.monotonic() - self._last_progress, waiting)
+                     time.monotonic() - self._last_progress, len(waiting))
         error = EngineUnavailableError("the engine stalled; it is being restarted, retry shortly")
-        for active in list(self._active.values()):
+        for active in waiting:
             active.end(error, "stalled")
-        self._lifecycle.replace(f"no output for {self._stall_s:.0f}s with {waiting} requests in flight", kill=True)
+        self._lifecycle.replace(f"no output for {self._stall_s:.0f}s with {len(waiting)} requests in flight",
+                                kill=True)
 
     # -- introspection for tests and metrics --------------------------------------------------
 

@@ -56,10 +56,11 @@ class FakeEngine:
 
     `mode`: "ok"; "stall" (never produces); "raise" (fails after registering, as an engine-side
     encoding error does: vLLM keeps the request unless aborted); "dead" (EngineDeadError).
+    `abort_s`: how long abort() takes (a stopped engine's abort hangs until it times out).
     """
 
-    def __init__(self, steps: int = 5, step_s: float = 0.01, mode: str = "ok") -> None:
-        self.steps, self.step_s, self.mode = steps, step_s, mode
+    def __init__(self, steps: int = 5, step_s: float = 0.01, mode: str = "ok", abort_s: float = 0.0) -> None:
+        self.steps, self.step_s, self.mode, self.abort_s = steps, step_s, mode, abort_s
         self.model_config = FakeModelConfig()
         self.output_processor = FakeOutputProcessor(self)
         self.registered: set[str] = set()
@@ -93,6 +94,8 @@ class FakeEngine:
             raise
 
     async def abort(self, request_id: str) -> None:
+        if self.abort_s:
+            await asyncio.sleep(self.abort_s)
         self.aborted.append(request_id)
         self.registered.discard(request_id)
 

@@ -145,6 +145,23 @@ def test_a_stalled_engine_is_replaced_and_its_requests_end_unavailable(records):
     driver.shutdown()
 
 
+def test_requests_still_aborting_on_a_replaced_engine_do_not_stall_the_fresh_one():
+    """A stalled engine's aborts hang (a SIGSTOPped process never answers) while its replacement
+    starts; those requests are over for their clients and must not count against the new engine."""
+    stalled, fresh = FakeEngine(mode="stall", abort_s=2.0), FakeEngine(steps=3)
+    driver = make_driver([stalled, fresh], stall_timeout_s=0.3)
+    sink = FakeSink()
+    driver.submit(make_request(), sink)
+    assert sink.done.wait(5) and "stalled" in str(sink.errors[0])
+    wait_until(lambda: driver.restarts == 1)
+    time.sleep(1.0)  # three stall timeouts with the old request still aborting
+    assert driver.healthy and driver.restarts == 1
+    good = FakeSink()
+    driver.submit(make_request(), good)
+    assert good.done.wait(5) and not good.errors
+    driver.shutdown()
+
+
 def test_a_busy_engine_is_not_a_stalled_one():
     engine = FakeEngine(steps=40, step_s=0.05)  # 2 s of steady output, stall timeout 0.4 s
     driver = make_driver([engine], stall_timeout_s=0.4)
