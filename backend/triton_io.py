@@ -74,6 +74,10 @@ class TritonSink:
                 self._sender.send(response, flags=flags)
             except Exception:  # noqa: BLE001 - the client may be gone; nothing else to tell it
                 logger.warning("could not send a response (client gone?)", exc_info=True)
+            if final:
+                # Let go of Triton's sender now, while the stub runs: one still held by some object
+                # at interpreter exit is freed after the shared memory it points into (segfault).
+                self._sender = None
 
 
 def _string(name: str, value: str) -> Any:
