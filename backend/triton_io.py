@@ -117,8 +117,10 @@ TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 
 class TritonMetrics:
     """Triton custom metrics for the model (as vllm_backend's REPORT_CUSTOM_METRICS), on port 8002."""
 
-    def __init__(self, model_name: str) -> None:
-        labels = {"model": model_name}
+    def __init__(self, model_name: str, instance: str) -> None:
+        # Each model instance (a stub with its own engine) reports its own series: the gauges of
+        # several instances would otherwise overwrite each other. Sum over `instance` for the model.
+        labels = {"model": model_name, "instance": instance}
         counter = pb_utils.MetricFamily.COUNTER
         # Families must outlive their metrics (Triton refuses updates otherwise): keep them all.
         self._families: list[Any] = []

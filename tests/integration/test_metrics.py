@@ -7,6 +7,8 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from client.triton_sync import generate
+from tests.integration.streams import OpenStream, wait_for
+from tests.servers import TritonServer, make_repository
 
 MAX_TOKENS = 12
 FAMILIES = (
@@ -26,8 +28,10 @@ def _samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 
 def _value(samples: dict, name: str, **labels: str) -> float:
-    labels = {"model": "vllm_model", **labels}
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sample summed over the labels not given (e.g. over model instances)."""
+    wanted = {"model": "vllm_model", **labels}.items()
+    return sum(value for (sample, have), value in samples.items()
+               if sample == name and wanted <= have and set(dict(have)) - {"instance"} == set(dict(wanted)))
 
 
 def test_custom_metrics_count_a_mixed_request(triton, tiny):
@@ -60,3 +64,31 @@ def test_custom_metrics_count_a_mixed_request(triton, tiny):
     for family in FAMILIES:
         assert any(name.startswith(family) for name in families), family
     assert _value(after, "vllm:time_to_first_token_seconds_sum") > _value(before, "vllm:time_to_first_token_seconds_sum")
+
+
+def test_each_model_instance_reports_its_own_gauges(tmp_path):
+    """Two instances (two stubs, two engines): the load gauges carry an `instance` label, so their
+    sum is the model's load (without it, one instance's gauge overwrote the other's: 2 of 4 seen)."""
+    repo = make_repository(tmp_path / "repo", engine_args={"max_model_len": 65536})
+    config = repo / "vllm_model" / "config.pbtxt"
+    config.write_text(config.read_text().replace("count: 1, kind: KIND_MODEL", "count: 2, kind: KIND_MODEL"))
+    server = TritonServer(repo, tmp_path / "tritonserver.log")
+    streams = []
+    try:
+        long = {"temperature": 0, "max_tokens": 60000, "ignore_eos": True}
+        streams = [OpenStream(server.grpc_url, text=f"busy {i}", sampling=long) for i in range(4)]
+        for stream in streams:
+            stream.wait_responses(1)
+
+        def active() -> tuple[float, set[str]]:
+            samples = _samples(server.metrics())
+            instances = {dict(labels)["instance"] for name, labels in samples
+                         if name == "vllm:num_requests" and "instance" in dict(labels)}
+            return _value(samples, "vllm:num_requests", state="active"), instances
+
+        wait_for(lambda: active()[0] == 4, 10, "the active gauges of both instances to add up to 4")
+        assert len(active()[1]) == 2, active()
+    finally:
+        for stream in streams:
+            stream.close()
+        server.stop()

@@ -37,7 +37,7 @@ class TritonPythonModel:
         pin_engine(args, engine_args_path)  # KIND_GPU: this instance's engine sees only its own GPU
         # The typed loader reads the switch (a bad value fails the load there too).
         reports = parse_serving_config(triton_parameters(model_config)).report_custom_metrics
-        self.metrics = TritonMetrics(name) if reports else None
+        self.metrics = TritonMetrics(name, args["model_instance_name"]) if reports else None
         self.service = GenerationService(model_config, engine_args_path, observer=self.metrics)
 
     def execute(self, requests):
