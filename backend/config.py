@@ -31,6 +31,11 @@ class ServingConfig:
     # Far above any step: a long prefill of a context-sized prompt on a slow CPU takes seconds.
     engine_stall_timeout_s: float = 120.0
     response_sender_threads: int = 1  # threads that send responses to Triton (requests sharded over them)
+    intake_threads: int = 2  # threads that read and check requests (execute() only queues them)
+    # The stub's sys.setswitchinterval: how long a thread may hold the GIL while another waits for
+    # it. Python's 5 ms default makes every thread that releases the GIL (a send to Triton, a torch
+    # op, a socket read) wait up to that long to get it back from the engine loop; 0: leave it.
+    gil_switch_interval_s: float = 0.0
     # Triton's readiness URL, polled to notice a shutdown: "auto" (from tritonserver's options), "off", or a URL
     server_ready_url: str = "auto"
     report_custom_metrics: bool = True
@@ -73,6 +78,10 @@ def parse_serving_config(parameters: Mapping[str, str]) -> ServingConfig:
         raise ConfigError("parameter 'engine_stall_timeout_s' must be >= 0 seconds (0: off)")
     if not 1 <= config.response_sender_threads <= 16:
         raise ConfigError("parameter 'response_sender_threads' must be 1..16")
+    if not 1 <= config.intake_threads <= 16:
+        raise ConfigError("parameter 'intake_threads' must be 1..16")
+    if not (config.gil_switch_interval_s == 0 or 1e-5 <= config.gil_switch_interval_s <= 0.1):
+        raise ConfigError("parameter 'gil_switch_interval_s' must be 0 (Python's default) or 1e-5..0.1 seconds")
     url = config.server_ready_url.strip()
     if url not in ("auto", "off") and not url.startswith(("http://", "https://")):
         raise ConfigError(f"parameter 'server_ready_url': 'auto', 'off' or an http(s) URL, got {url!r}")

@@ -10,6 +10,7 @@ which. No second copy of the embedding table is kept: text positions stay token 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Sequence
 
 import torch
@@ -74,6 +75,18 @@ class PromptBuilder:
         # Special tokens the tokenizer adds around a plain text (e.g. BOS), for raw text_input
         # that carries placeholders and is therefore tokenized here rather than by vLLM.
         self._prefix_ids = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        # Requests are parsed on several intake threads; a Hugging Face fast tokenizer may refuse
+        # concurrent use ("Already borrowed") when a call changes its truncation state.
+        self._lock = threading.Lock()
+
+    def _encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        with self._lock:
+            return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids -> text (the echo of a token-id prompt)."""
+        with self._lock:
+            return self.tokenizer.decode(ids)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -97,7 +110,7 @@ class PromptBuilder:
                 raise ValidationError("text_input", "contains the reserved placeholder but no prompt_embeds")
             # Tokenized as vLLM tokenizes a text prompt (special tokens added), so the prompt length
             # is known before admission and the context check.
-            ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+            ids = list(self._encode(text, add_special_tokens=True))
             return EnginePrompt(token_ids=ids, echo_text=text)
         prompt = self._splice(text, parts, "text_input", add_special_tokens=True)
         prompt.echo_text = text
@@ -117,7 +130,7 @@ class PromptBuilder:
         except Exception as exc:  # jinja raises TemplateError and others for unexpected messages
             raise ValidationError("messages", f"chat template failed: {type(exc).__name__}: {exc}") from None
         if not parts:
-            ids = list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+            ids = list(self._encode(rendered, add_special_tokens=False))
             return EnginePrompt(token_ids=ids, echo_text=rendered)
         prompt = self._splice(rendered, parts, "messages", add_special_tokens=False)
         prompt.echo_text = rendered
@@ -193,7 +206,7 @@ class PromptBuilder:
         spans: list[tuple[int, int]] = []
         for i, segment in enumerate(segments):
             if segment:
-                ids = self.tokenizer(segment, add_special_tokens=False)["input_ids"]
+                ids = self._encode(segment, add_special_tokens=False)
                 token_ids.extend(ids)
                 is_token_ids.extend([True] * len(ids))
             if i < len(parts):

@@ -167,7 +167,7 @@ def parse_request(
         prompt_input=prompt_input, max_logprobs=max_logprobs, defaults=sampling_defaults, verify=verify_sampling,
     )
     if ids is not None and not exclude_input:  # the echo of a token-id prompt is its decoded text
-        prompt.echo_text = builder.tokenizer.decode(ids)
+        prompt.echo_text = builder.decode(ids)
     flags = {name: scalar_bool(inputs, name, False) for name in RETURN_FLAGS}
     return GenerationRequest(prompt=prompt, sampling=sampling, stream=stream, exclude_input_in_output=exclude_input,
                              n=sampling.n, logprobs=sampling.logprobs, **flags)

@@ -34,6 +34,8 @@ BUCKETS = {
     "response send (pb_utils, IPC to tritonserver)": ("send (backend/triton_io.py", "send_error (backend/triton_io.py"),
     "cancel checks (is_cancelled IPC)": ("is_cancelled (backend/triton_io.py",),
     "request parsing + prompt building": ("read_inputs (backend/triton_io.py", "parse_request (backend/request.py"),
+    "execute() (the stub's main thread: Triton waits for it)": ("execute (model.py",),
+    "intake threads (read, check, schedule)": ("_take (model.py",),
     "vLLM output handler (detokenize, per-request queues)": ("output_handler (vllm/v1/engine/async_llm.py",),
     "vLLM generate() bookkeeping": ("generate (vllm/v1/engine/async_llm.py",),
     "our per-request stream (engine loop)": ("run_request (backend/stream.py",),
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="more than the sampling needs (payloads are built up front); stopped after")
     p.add_argument("--duration", type=int, default=20, help="seconds of sampling")
     p.add_argument("--triton-parameters", default="{}", help="config.pbtxt parameter overrides (JSON)")
+    p.add_argument("--gil", action="store_true",
+                   help="sample only the thread holding the GIL (py-spy --gil): where the GIL's time goes")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "profile")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("sampling the stub (pid %d) for %ds", pid, args.duration)
         spy = threading.Thread(target=subprocess.run, args=([py_spy, "record", "--pid", str(pid), "--duration",
                                                              str(args.duration), "--rate", "200", "--format", "raw",
-                                                             "--output", str(raw), "--nonblocking"],),
+                                                             "--output", str(raw), "--nonblocking",
+                                                             *(["--gil"] if args.gil else [])],),
                                kwargs={"check": True})
         spy.start()
         spy.join()
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         load.wait()
     summary = (f"# Stub profile: {args.name}\n\nLoad: Triton gRPC, prompt_embeds of {args.prompt_len} rows, "
                f"concurrency {args.concurrency}, {args.output_tokens} output tokens; py-spy {args.duration}s "
-               f"at 200 Hz on the Python stub.\n\n" + summarize(raw))
+               f"at 200 Hz on the Python stub" + (", GIL holder only (`--gil`)" if args.gil else "")
+               + f"; config.pbtxt overrides {args.triton_parameters}.\n\n" + summarize(raw))
     (args.out_dir / f"stub-{args.name}.md").write_text(summary)
     print(summary)
 

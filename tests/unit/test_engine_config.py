@@ -17,10 +17,20 @@ def test_stall_timeout_and_sender_threads_are_typed_with_safe_defaults():
     assert config.engine_stall_timeout_s == 0.0 and config.response_sender_threads == 4
 
 
+def test_intake_threads_and_switch_interval_are_typed_with_safe_defaults():
+    default = parse_serving_config({})
+    assert default.intake_threads == 2 and default.gil_switch_interval_s == 0.0  # 0: Python's own
+    config = parse_serving_config({"intake_threads": "4", "gil_switch_interval_s": "0.0005"})
+    assert config.intake_threads == 4 and config.gil_switch_interval_s == 0.0005
+
+
 @pytest.mark.parametrize("parameters", [
     {"engine_stall_timeout_s": "-1"}, {"engine_stall_timeout_s": "inf"}, {"engine_stall_timeout_s": "nan"},
     {"response_sender_threads": "0"}, {"response_sender_threads": "17"}, {"response_sender_threads": "2.5"},
-], ids=["negative", "inf", "nan", "no-thread", "too-many", "float"])
+    {"intake_threads": "0"}, {"intake_threads": "17"},
+    {"gil_switch_interval_s": "-0.001"}, {"gil_switch_interval_s": "1e-9"}, {"gil_switch_interval_s": "nan"},
+], ids=["negative", "inf", "nan", "no-thread", "too-many", "float", "no-intake", "too-many-intake",
+        "negative-switch", "tiny-switch", "nan-switch"])
 def test_bad_engine_side_parameters_fail_the_load(parameters):
     with pytest.raises(ConfigError, match=next(iter(parameters))):
         parse_serving_config(parameters)

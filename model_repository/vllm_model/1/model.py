@@ -18,6 +18,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 
 from backend.config import parse_serving_config, triton_parameters  # noqa: E402
+from backend.intake import Intake  # noqa: E402
 from backend.placement import pin_engine  # noqa: E402
 from backend.reaper import start_reaper  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
@@ -27,7 +28,8 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 
 
 class TritonPythonModel:
-    """Decoupled model: execute() parses and schedules; responses stream from the sender threads."""
+    """Decoupled model: execute() queues requests for the intake threads, which parse and schedule
+    them; responses stream from the sender threads."""
 
     def initialize(self, args):
         start_reaper()  # first: the engine must not outlive this stub or tritonserver, even while loading
@@ -35,24 +37,37 @@ class TritonPythonModel:
         engine_args_path = Path(args["model_repository"]) / args["model_version"] / "model.json"
         name = args["model_name"]
         pin_engine(args, engine_args_path)  # KIND_GPU: this instance's engine sees only its own GPU
-        # The typed loader reads the switch (a bad value fails the load there too).
-        reports = parse_serving_config(triton_parameters(model_config)).report_custom_metrics
-        self.metrics = TritonMetrics(name, args["model_instance_name"]) if reports else None
+        # The typed loader reads the switches (a bad value fails the load there too).
+        config = parse_serving_config(triton_parameters(model_config))
+        if config.gil_switch_interval_s:
+            sys.setswitchinterval(config.gil_switch_interval_s)
+        self.metrics = TritonMetrics(name, args["model_instance_name"]) if config.report_custom_metrics else None
         self.service = GenerationService(model_config, engine_args_path, observer=self.metrics)
+        self.intake = Intake(self._take, threads=config.intake_threads)
 
     def execute(self, requests):
+        # Only queued here: Triton sends the next requests once this returns (see backend.intake).
         for request in requests:
-            inputs = read_inputs(request)
-            self.service.handle(inputs, TritonSink(request))
+            self.intake.put(request)
         return None
 
+    def _take(self, request):
+        """On an intake thread: read, check and schedule one request; answer it whatever happens."""
+        sink = TritonSink(request)
+        try:
+            self.service.handle(read_inputs(request), sink)
+        except Exception as exc:  # noqa: BLE001 - handle() answers bad input itself; this is a bug
+            logging.getLogger(__name__).exception("taking a request failed")
+            sink.send_error(exc)
+
     def finalize(self):
+        self.intake.close()
         self.service.shutdown()
         if self.metrics is not None:
             self.metrics.release()  # also stops late updates from the metrics thread
         # Free every Triton object (response senders kept by finished tasks, metric families) while
         # the stub can: left to the interpreter's exit, their destructors touch shared memory that
         # is gone already (the stub segfaulted there on Triton 2.51).
-        self.service = self.metrics = None
+        self.service = self.metrics = self.intake = None
         gc.collect()
 
