@@ -34,10 +34,12 @@ setup() {
     $PY -c "import $module" 2>/dev/null || "$SYSTEM_PYTHON" -m pip install -q --no-index --no-deps \
       --target /tmp/venv/lib/python3.12/site-packages /tmp/extra/${wheel}-*.whl
   done
-  $PY -m scripts.make_tiny_model build/tiny-model
-  $PY -m scripts.make_shape_model "$M1B_WEIGHTS" --shape llama-3.2-1b --weights
   $PY -m scripts.make_shape_model "$M1B" --shape llama-3.2-1b
-  $PY -m scripts.make_shape_model "$M8B" --shape llama-3.1-8b
+  if [[ ${SETUP_LEAN:-0} != 1 ]]; then  # SETUP_LEAN=1: only the dummy-weight 1B shape (bench, perf)
+    $PY -m scripts.make_tiny_model build/tiny-model
+    $PY -m scripts.make_shape_model "$M1B_WEIGHTS" --shape llama-3.2-1b --weights
+    $PY -m scripts.make_shape_model "$M8B" --shape llama-3.1-8b
+  fi
   nvidia-smi > "$OUT/nvidia-smi.txt"
   $PY -c "import vllm, torch, transformers, numpy; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__)" > "$OUT/versions.txt"
 }
