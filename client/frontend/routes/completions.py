@@ -66,8 +66,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
                             "per request", "prompt" if prompts else "prompt_embeds")
     names = ["prompt_embeds"] if isinstance(body.prompt_embeds, str) else [
         f"prompt_embeds[{i}]" for i in range(len(payloads))]
-    needs_text = "logprobs" if body.logprobs is not None else "prompt_logprobs" if body.prompt_logprobs is not None \
-        else None
+    needs_text = next((name for name in ("logprobs", "prompt_logprobs") if getattr(body, name) is not None), None)
     token_text = await state.token_text(needs_text) if needs_text else None
     await state.open_streams(len(payloads) + len(prompts), request.scope)
     tensors = await state.decode(payloads, body.prompt_embeds_format, names, scope=request.scope)
