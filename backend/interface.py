@@ -75,6 +75,13 @@ INDEX = "index"  # the choice (0..n-1), on every response when n > 1
 OUTPUT_LOGPROBS = "output_logprobs"  # [k]: each token's logprob (when sampling_parameters.logprobs is set)
 TOP_LOGPROBS_IDS = "top_logprobs_ids"  # [k, m]: the top-m alternatives per token, by rank
 TOP_LOGPROBS = "top_logprobs"  # [k, m]: their logprobs
+# With sampling_parameters.prompt_logprobs = m, on the first response of each choice only. Position 0
+# of a prompt has no logprob (nothing precedes it): NaN there, rank 0, top ids -1, top logprobs NaN.
+PROMPT_TOKEN_IDS = "prompt_token_ids"  # [p]: the prompt's token ids, as the engine got them
+PROMPT_LOGPROBS = "prompt_logprobs"  # [p]: each prompt token's logprob given the tokens before it
+PROMPT_LOGPROB_RANKS = "prompt_logprob_ranks"  # [p]: its rank in the vocabulary (1 = the likeliest)
+PROMPT_TOP_LOGPROBS_IDS = "prompt_top_logprobs_ids"  # [p, m]: the top-m tokens per position, by rank
+PROMPT_TOP_LOGPROBS = "prompt_top_logprobs"  # [p, m]: their logprobs
 MODEL_INFO_OUTPUT = "model_info"  # JSON object of the model facts (answer to the model_info input)
 
 OUTPUTS: tuple[Tensor, ...] = (
@@ -87,6 +94,11 @@ OUTPUTS: tuple[Tensor, ...] = (
     Tensor(OUTPUT_LOGPROBS, "FP32", (-1,), optional=False),
     Tensor(TOP_LOGPROBS_IDS, "INT64", (-1, -1), optional=False),
     Tensor(TOP_LOGPROBS, "FP32", (-1, -1), optional=False),
+    Tensor(PROMPT_TOKEN_IDS, "INT64", (-1,), optional=False),
+    Tensor(PROMPT_LOGPROBS, "FP32", (-1,), optional=False),
+    Tensor(PROMPT_LOGPROB_RANKS, "INT64", (-1,), optional=False),
+    Tensor(PROMPT_TOP_LOGPROBS_IDS, "INT64", (-1, -1), optional=False),
+    Tensor(PROMPT_TOP_LOGPROBS, "FP32", (-1, -1), optional=False),
     Tensor(MODEL_INFO_OUTPUT, "STRING", (1,), optional=False),
 )
 
@@ -118,6 +130,7 @@ OPENAI_TO_SAMPLING: dict[str, str] = {
 OPENAI_TO_SAMPLING["max_completion_tokens"] = "max_tokens"  # chat's newer name
 OPENAI_TO_SAMPLING["logprobs"] = "logprobs"  # completions: an int; chat: top_logprobs when logprobs is true
 OPENAI_TO_SAMPLING["top_logprobs"] = "logprobs"
+OPENAI_TO_SAMPLING["prompt_logprobs"] = "prompt_logprobs"  # completions also when echo + logprobs (vLLM)
 
 # Triton input -> the OpenAI request field a client would name in a 400 (None: not a client field).
 INPUT_TO_OPENAI: dict[str, str | None] = {

@@ -17,7 +17,7 @@ from backend.embeddings import split_parts, validate_embeddings
 from backend.errors import ValidationError
 from backend.interface import EMBEDDING_INPUTS, INPUT_IDS, RETURN_FLAGS
 from backend.prompt import EnginePrompt, PromptBuilder
-from backend.sampling import DEFAULT_MAX_LOGPROBS, parse_sampling_params
+from backend.sampling import DEFAULT_MAX_LOGPROBS, PARAMETER, parse_sampling_params
 from backend.types import GenerationRequest  # defined with the other shared types; imported here for callers
 
 
@@ -166,8 +166,12 @@ def parse_request(
         vocab_size=vocab_size, prompt_tokens=prompt.num_tokens, max_model_len=max_model_len,
         prompt_input=prompt_input, max_logprobs=max_logprobs, defaults=sampling_defaults, verify=verify_sampling,
     )
+    if sampling.prompt_logprobs is not None and prompt.embeds is not None:
+        # As vLLM's server: an embedding row has no token whose logprob could be given.
+        raise ValidationError(PARAMETER, "prompt_logprobs is not compatible with prompt embeds")
     if ids is not None and not exclude_input:  # the echo of a token-id prompt is its decoded text
         prompt.echo_text = builder.decode(ids)
     flags = {name: scalar_bool(inputs, name, False) for name in RETURN_FLAGS}
     return GenerationRequest(prompt=prompt, sampling=sampling, stream=stream, exclude_input_in_output=exclude_input,
-                             n=sampling.n, logprobs=sampling.logprobs, **flags)
+                             n=sampling.n, logprobs=sampling.logprobs, prompt_logprobs=sampling.prompt_logprobs,
+                             **flags)

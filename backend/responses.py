@@ -19,7 +19,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from backend.types import Chunk, GenerationRequest, Response, ResponseSink
+from backend.types import Chunk, GenerationRequest, PromptLogprobs, Response, ResponseSink
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,12 @@ class _Pending:
     top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
     ended: bool = False
+    prompt_logprobs: PromptLogprobs | None = None  # the choice's first chunk brings them (when asked)
 
     def add(self, chunk: Chunk) -> None:
         self.text.append(chunk.text)
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = chunk.prompt_logprobs
         self.token_ids.extend(chunk.token_ids)
         if chunk.logprobs is not None:
             self.logprobs.extend(chunk.logprobs)
@@ -70,7 +73,8 @@ class ResponseStream:
         with self._lock:
             if self._final:
                 return False  # nothing after the final chunk or an error
-            if chunk.text or chunk.token_ids or chunk.finish_reason is not None or self.request.n == 1:
+            if (chunk.text or chunk.token_ids or chunk.finish_reason is not None or self.request.n == 1
+                    or chunk.prompt_logprobs is not None):
                 self._pending.setdefault(chunk.index, _Pending()).add(chunk)
             # else: n > 1 and the request's end with no choice in it (vLLM can end a parent request
             # after its last choice's own end): only the final flag is left to send.
@@ -102,7 +106,7 @@ class ResponseStream:
             pending, self._pending = self._pending, {}
             final, error = self._final, self._error
         responses = [self._shape(index, p) for index, p in pending.items()
-                     if "".join(p.text) or p.token_ids or (p.ended and error is None)]
+                     if "".join(p.text) or p.token_ids or p.prompt_logprobs or (p.ended and error is None)]
         return responses, error, final
 
     def _shape(self, index: int, pending: _Pending) -> Response:
@@ -123,6 +127,7 @@ class ResponseStream:
             logprobs=pending.logprobs if with_logprobs else None,
             top_logprobs_ids=pending.top_ids if with_logprobs else None,
             top_logprobs=pending.top_logprobs if with_logprobs else None,
+            prompt_logprobs=pending.prompt_logprobs,
         )
 
 

@@ -94,6 +94,9 @@ FIELDS: dict[str, Field] = {
     "logit_bias": Field("logit_bias", -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT, max_items=MAX_LOGIT_BIAS_ENTRIES),
     "n": Field("int", 1, MAX_N),
     "logprobs": Field("int", 0, DEFAULT_MAX_LOGPROBS, high_is_max_logprobs=True),
+    # Logprobs of the prompt's own tokens and the top m per position (vLLM's prompt_logprobs);
+    # refused for prompts with embeddings (backend.request), as vLLM's server refuses them.
+    "prompt_logprobs": Field("int", 0, DEFAULT_MAX_LOGPROBS, high_is_max_logprobs=True),
     "structured_outputs": Field("structured", max_items=MAX_CHOICES, max_chars=MAX_STRUCTURED_CHARS),
 }
 # Fields whose defaults a model's generation_config.json may set (vLLM's get_diff_sampling_param()).
@@ -160,6 +163,9 @@ def _check_range(key: str, field: Field, value: float, vocab_size: int,
     low_ok = field.low is None or (value > field.low if field.low_open else value >= field.low)
     if low_ok and (high is None or value <= high):
         return
+    if field.high_is_max_logprobs and value == -1:
+        # vLLM reads -1 as "the whole vocabulary": a vocabulary-sized row per token, refused here.
+        raise _fail(key, f"must be in [0, {max_logprobs}] (-1, the whole vocabulary, is not supported)")
     also = "".join(f"{v} or " for v in field.also)
     low = "-" if field.low is None else f"{'(' if field.low_open else '['}{_bound(field.low)}"
     raise _fail(key, f"must be {also}in {low}, {_bound(high)}]")

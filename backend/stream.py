@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 from collections.abc import Callable
 
 from backend.errors import EngineUnavailableError, RequestCancelledError, ServingError, ValidationError
-from backend.types import Chunk, GenerationRequest, RequestRecord
+from backend.types import Chunk, GenerationRequest, PromptLogprobs, RequestRecord
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ async def run_request(engine: Any, active: Active, on_output: Callable[[], None]
     n_out = 0
     finished = False
     outcome = "success"
+    prompt = PromptChoices(request)
     try:
         async for output in engine.generate(request.prompt.to_vllm(), request.sampling, active.request_id):
             last = time.perf_counter()
@@ -67,12 +69,15 @@ async def run_request(engine: Any, active: Active, on_output: Callable[[], None]
             if first is None:
                 first, active.started = last, True
             finished = output.finished
+            prompt.read(output)
             # With n > 1, one output may hold several choices (vLLM joins the deltas a slow
             # consumer missed, per index); the request's final flag rides on the last of them.
             completions = output.outputs
             for j, completion in enumerate(completions):
                 n_out += len(completion.token_ids)
-                active.push(to_chunk(completion, request.logprobs, final=finished and j == len(completions) - 1))
+                chunk = to_chunk(completion, request.logprobs, final=finished and j == len(completions) - 1)
+                chunk.prompt_logprobs = prompt.take(completion.index)
+                active.push(chunk)
             if finished and not completions:
                 active.push(Chunk(text="", token_ids=[], final=True))
         if not finished:
@@ -116,6 +121,43 @@ def to_chunk(completion: Any, num_logprobs: int | None, *, final: bool) -> Chunk
         chunk.logprobs, chunk.top_logprobs_ids, chunk.top_logprobs = split_logprobs(
             token_ids, completion.logprobs or [], num_logprobs)
     return chunk
+
+
+class PromptChoices:
+    """The prompt logprobs of a request that asked for them, handed to each choice's first chunk once.
+
+    vLLM computes them per choice but, joining a slow consumer's deltas, keeps only the first
+    output's: so the first set that arrives is kept and given to every choice (they are the same
+    prompt's, and identical).
+    """
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self._m = request.prompt_logprobs
+        self._due = set(range(request.n)) if self._m is not None else set()
+        self._token_ids = request.prompt.token_ids or []
+        self._logprobs: PromptLogprobs | None = None
+
+    def read(self, output: Any) -> None:
+        """Keep the prompt logprobs if this engine output is the first to carry them."""
+        if self._due and self._logprobs is None and output.prompt_logprobs:
+            self._logprobs = prompt_logprobs(self._token_ids, output.prompt_logprobs, self._m)
+
+    def take(self, index: int) -> PromptLogprobs | None:
+        """The prompt logprobs for choice `index`'s chunk if it has not had them yet, else None."""
+        if self._logprobs is None or index not in self._due:
+            return None
+        self._due.discard(index)
+        return self._logprobs
+
+
+def prompt_logprobs(token_ids: list[int], positions: Any, m: int) -> PromptLogprobs:
+    """vLLM's prompt logprobs (None, then per position {token id: Logprob}) -> PromptLogprobs, top m by rank."""
+    if len(positions) != len(token_ids):
+        raise RuntimeError(f"the engine sent {len(positions)} prompt logprobs for {len(token_ids)} tokens")
+    logprobs, top_ids, top_values = split_logprobs(token_ids[1:], positions[1:], m)
+    ranks = [0] + [int(position[token].rank) for token, position in zip(token_ids[1:], positions[1:])]
+    return PromptLogprobs(token_ids=list(token_ids), logprobs=[math.nan, *logprobs], ranks=ranks,
+                          top_ids=[[-1] * m, *top_ids], top_logprobs=[[math.nan] * m, *top_values])
 
 
 def split_logprobs(token_ids: list[int], positions: Any, m: int

@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from backend import interface as io
 from backend.errors import ERROR_CODES, error_kind, tagged_message
-from backend.types import RequestRecord, Response
+from backend.types import PromptLogprobs, RequestRecord, Response
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,18 @@ def _string(name: str, value: str) -> Any:
     return pb_utils.Tensor(name, np.array([value.encode("utf-8")], dtype=np.object_))
 
 
+def _prompt_tensors(prompt: PromptLogprobs) -> list[Any]:
+    """The five prompt-logprob outputs (position 0: NaN logprob, rank 0, top ids -1, see backend.interface)."""
+    p, m = len(prompt.token_ids), len(prompt.top_ids[0]) if prompt.top_ids else 0
+    return [
+        pb_utils.Tensor(io.PROMPT_TOKEN_IDS, np.array(prompt.token_ids, dtype=np.int64)),
+        pb_utils.Tensor(io.PROMPT_LOGPROBS, np.array(prompt.logprobs, dtype=np.float32)),
+        pb_utils.Tensor(io.PROMPT_LOGPROB_RANKS, np.array(prompt.ranks, dtype=np.int64)),
+        pb_utils.Tensor(io.PROMPT_TOP_LOGPROBS_IDS, np.array(prompt.top_ids, dtype=np.int64).reshape(p, m)),
+        pb_utils.Tensor(io.PROMPT_TOP_LOGPROBS, np.array(prompt.top_logprobs, dtype=np.float32).reshape(p, m)),
+    ]
+
+
 def _tensors(response: Response) -> list[Any]:
     """Output tensors of one response: text_output always, the others only when the response has them."""
     if response.model_info is not None:
@@ -107,6 +119,8 @@ def _tensors(response: Response) -> list[Any]:
                                        np.array(response.top_logprobs_ids or [], dtype=np.int64).reshape(k, m)))
         tensors.append(pb_utils.Tensor(io.TOP_LOGPROBS,
                                        np.array(response.top_logprobs or [], dtype=np.float32).reshape(k, m)))
+    if response.prompt_logprobs is not None:
+        tensors.extend(_prompt_tensors(response.prompt_logprobs))
     return tensors
 
 

@@ -31,6 +31,7 @@ class GenerationRequest:
     return_output_token_ids: bool = False
     n: int = 1  # choices (sampling.n): responses carry `index` when n > 1
     logprobs: int | None = None  # sampling.logprobs: responses carry logprobs and token ids when set
+    prompt_logprobs: int | None = None  # sampling.prompt_logprobs: the first response of each choice carries them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,21 @@ class ModelInfo:
     verify_sampling: Callable[[SamplingParams], None] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's token ids and, per position, its token's logprob and rank and the top m (ids, logprobs).
+
+    Position 0 has nothing before it, so no logprob: NaN, rank 0, top ids -1 and top logprobs NaN
+    (vLLM gives None there); every row of the top m has m entries.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    ranks: list[int]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
 @dataclasses.dataclass
 class Chunk:
     """New output of one choice since its previous chunk (one engine step, or several joined)."""
@@ -63,6 +79,7 @@ class Chunk:
     logprobs: list[float] | None = None  # per token, when asked
     top_logprobs_ids: list[list[int]] | None = None  # per token, the top-m alternatives by rank
     top_logprobs: list[list[float]] | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # on the choice's first chunk, when asked
 
 
 @dataclasses.dataclass
@@ -78,6 +95,7 @@ class Response:
     logprobs: list[float] | None = None  # sampling_parameters.logprobs set
     top_logprobs_ids: list[list[int]] | None = None
     top_logprobs: list[list[float]] | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # sampling_parameters.prompt_logprobs: the choice's first response
     model_info: str | None = None  # the JSON facts (answer to the model_info input): nothing else then
 
 

@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 
 from backend import interface as io
+from backend.types import PromptLogprobs
 
 MODEL_NAME = io.MODEL_NAME
 RETURN_ALL = io.RETURN_FLAGS
@@ -112,6 +113,7 @@ class Choice:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     top_logprobs_ids: list[list[int]] = dataclasses.field(default_factory=list)
     top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
+    prompt: PromptLogprobs | None = None  # with sampling prompt_logprobs (from the choice's first response)
     responses: int = 0
 
     def add(self, result: Any) -> None:
@@ -137,6 +139,13 @@ class Choice:
             self.logprobs.extend(float(x) for x in logprobs.reshape(-1))
             self.top_logprobs_ids.extend(result.as_numpy(io.TOP_LOGPROBS_IDS).tolist())
             self.top_logprobs.extend(result.as_numpy(io.TOP_LOGPROBS).tolist())
+        prompt_ids = result.as_numpy(io.PROMPT_TOKEN_IDS)
+        if prompt_ids is not None:
+            self.prompt = PromptLogprobs(
+                token_ids=prompt_ids.reshape(-1).tolist(), logprobs=result.as_numpy(io.PROMPT_LOGPROBS).tolist(),
+                ranks=result.as_numpy(io.PROMPT_LOGPROB_RANKS).tolist(),
+                top_ids=result.as_numpy(io.PROMPT_TOP_LOGPROBS_IDS).tolist(),
+                top_logprobs=result.as_numpy(io.PROMPT_TOP_LOGPROBS).tolist())
 
 
 @dataclasses.dataclass

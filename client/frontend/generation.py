@@ -23,6 +23,7 @@ import torch
 from fastapi import Request
 
 from backend.errors import ServingError, ValidationError
+from backend.types import PromptLogprobs
 from client.frontend import sse
 from client.frontend.config import FrontendConfig
 from client.frontend.errors import APIError, from_serving_error, to_api_error
@@ -174,9 +175,12 @@ class ChoiceResult:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     top_ids: list[list[int]] = dataclasses.field(default_factory=list)
     top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
+    prompt: PromptLogprobs | None = None  # when asked: the prompt's logprobs (from the choice's first response)
 
     def add(self, delta: Delta) -> None:
         self.text += delta.text
+        if delta.prompt is not None:
+            self.prompt = delta.prompt
         self.completion_tokens += delta.num_output_tokens
         self.token_ids += delta.token_ids
         self.logprobs += delta.logprobs
@@ -249,7 +253,8 @@ def merge_deltas(first: Delta, then: Delta) -> Delta:
                  finish_reason=then.finish_reason or first.finish_reason, final=first.final or then.final,
                  index=first.index, token_ids=first.token_ids + then.token_ids,
                  logprobs=first.logprobs + then.logprobs, top_ids=first.top_ids + then.top_ids,
-                 top_logprobs=first.top_logprobs + then.top_logprobs)
+                 top_logprobs=first.top_logprobs + then.top_logprobs,
+                 prompt=first.prompt if first.prompt is not None else then.prompt)
 
 
 class ChoiceStreams:

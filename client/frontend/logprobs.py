@@ -7,6 +7,11 @@ logprobs, by rank). Token strings are made here the way vLLM's engine and server
 leading space restored, and a string ending in U+FFFD (a byte-fallback piece of a multi-byte
 character) re-decoded with up to 4 preceding sampled tokens as context. Logprobs below -9999 are
 clamped to -9999 (-inf is not JSON), as vLLM does.
+
+Prompt logprobs (echo with logprobs, and vLLM's `prompt_logprobs` field) come per prompt position as
+the model sends them (backend.types.PromptLogprobs). vLLM decodes the prompt's tokens with the
+preceding prompt tokens as context, leaving out position 0 (which has no logprobs entry), and the
+first position itself with a plain decode: so here.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import json
 import logging
 from collections.abc import Sequence
 from typing import Any
+
+from backend.types import PromptLogprobs
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,10 @@ class TokenText:
             self._alone[token_id] = text
         return text
 
+    def plain(self, token_id: int) -> str:
+        """The id decoded alone, nothing restored: vLLM's string for a prompt's first token."""
+        return self._tokenizer.decode([token_id]) or ""
+
     def token(self, token_id: int, context: Sequence[int]) -> str:
         """The id's string at a position after the sampled tokens `context` (oldest first)."""
         text = self.alone(token_id)
@@ -96,6 +107,32 @@ def _clamp(value: float) -> float:
     return max(value, MIN_LOGPROB)
 
 
+def _prompt_context(token_ids: Sequence[int], position: int) -> list[int]:
+    """The prompt tokens vLLM decodes a prompt position with: up to 4 before it, never position 0."""
+    return list(token_ids[max(1, position - CONTEXT_TOKENS):position])
+
+
+def prompt_logprobs_field(text: TokenText, prompt: PromptLogprobs) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's `prompt_logprobs` response field: None, then per position {token id: {logprob, rank, decoded_token}}.
+
+    The prompt token first (its own rank), then the top m by rank; an id in both appears once, in
+    the first place. -inf is -9999, as vLLM's clamp_prompt_logprobs.
+    """
+    out: list[dict[str, dict[str, Any]] | None] = [None]
+    ids = prompt.token_ids
+    for position in range(1, len(ids)):
+        context = _prompt_context(ids, position)
+        entries = [(ids[position], prompt.logprobs[position], prompt.ranks[position])]
+        entries += [(int(alt), float(lp), rank) for rank, (alt, lp) in
+                    enumerate(zip(prompt.top_ids[position], prompt.top_logprobs[position]), start=1)]
+        row: dict[str, dict[str, Any]] = {}
+        for token_id, logprob, rank in entries:
+            row[str(token_id)] = {"logprob": MIN_LOGPROB if logprob == float("-inf") else logprob, "rank": rank,
+                                  "decoded_token": text.token(token_id, context)}
+        out.append(row)
+    return out
+
+
 class ChoiceLogprobs:
     """One choice's logprobs across its responses: the sampled context and the completions text offset."""
 
@@ -119,17 +156,37 @@ class ChoiceLogprobs:
             self._context.append(token_id)
         return out
 
+    def _prompt_positions(self, prompt: PromptLogprobs) -> list[tuple[str, float | None, list[tuple[str, float]] | None]]:
+        """Per prompt position, as _positions; position 0 has no logprob and no alternatives (None)."""
+        ids = prompt.token_ids
+        out: list[tuple[str, float | None, list[tuple[str, float]] | None]] = []
+        for position, token_id in enumerate(ids):
+            if position == 0:
+                out.append((self._text.plain(token_id), None, None))
+                continue
+            context = _prompt_context(ids, position)
+            ranked: dict[int, float] = {token_id: prompt.logprobs[position]}
+            for alt_id, alt_logprob in zip(prompt.top_ids[position], prompt.top_logprobs[position]):
+                ranked.setdefault(int(alt_id), float(alt_logprob))
+            alternatives = [(self._text.token(alt, context), _clamp(lp)) for alt, lp in ranked.items()]
+            out.append((alternatives[0][0], _clamp(prompt.logprobs[position]), alternatives))
+        return out
+
     def completion(self, token_ids: Sequence[int], logprobs: Sequence[float], top_ids: Sequence[Sequence[int]],
-                   top_logprobs: Sequence[Sequence[float]], num: int) -> dict[str, Any]:
+                   top_logprobs: Sequence[Sequence[float]], num: int,
+                   prompt: PromptLogprobs | None = None) -> dict[str, Any]:
         """The legacy completions object: tokens, token_logprobs, top_logprobs [{token: logprob}], text_offset.
 
         vLLM keeps up to num + 1 alternatives (the sampled token and the top num); equal strings collapse.
+        With `prompt` (echo), the prompt's positions come first, the first of them with null logprobs.
         """
+        positions = self._prompt_positions(prompt) if prompt is not None else []
+        positions += self._positions(token_ids, logprobs, top_ids, top_logprobs)
         tokens, token_logprobs, tops, offsets = [], [], [], []
-        for token, logprob, alternatives in self._positions(token_ids, logprobs, top_ids, top_logprobs):
+        for token, logprob, alternatives in positions:
             tokens.append(token)
             token_logprobs.append(logprob)
-            tops.append({alt: lp for alt, lp in alternatives[: num + 1]})
+            tops.append(None if alternatives is None else {alt: lp for alt, lp in alternatives[: num + 1]})
             offsets.append(self._offset)
             self._offset += len(token)
         return {"text_offset": offsets, "token_logprobs": token_logprobs, "tokens": tokens, "top_logprobs": tops}

@@ -174,7 +174,7 @@ class SamplingFields(StrictModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def _sampling(self, max_tokens: int | None, *, send_null_max_tokens: bool,
-                  logprobs: int | None) -> dict[str, Any]:
+                  logprobs: int | None, prompt_logprobs: int | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {name: getattr(self, name) for name in _SAMPLING_FIELDS
                                   if getattr(self, name) is not None}
         if self.stop is not None:
@@ -183,6 +183,8 @@ class SamplingFields(StrictModel):
             params["n"] = self.n
         if logprobs is not None:
             params["logprobs"] = logprobs
+        if prompt_logprobs is not None:
+            params["prompt_logprobs"] = prompt_logprobs
         structure = self.structured_outputs.to_sampling() if self.structured_outputs is not None else (
             self.response_format.to_sampling() if self.response_format is not None else None)
         if structure is not None:
@@ -200,7 +202,7 @@ class CompletionRequest(SamplingFields):
     max_tokens: Annotated[int | None, _sampling_value("max_tokens")] = 16
     echo: bool | None = False
     logprobs: Annotated[int | None, _sampling_value("logprobs")] = None
-    prompt_logprobs: int | None = None
+    prompt_logprobs: Annotated[int | None, _sampling_value("prompt_logprobs")] = None
     suffix: str | None = None
 
     @model_validator(mode="after")
@@ -211,10 +213,22 @@ class CompletionRequest(SamplingFields):
             raise ValueError("either prompt or prompt_embeds must be provided and non-empty")
         return self
 
+    @property
+    def engine_prompt_logprobs(self) -> int | None:
+        """Prompt logprobs to ask of the model: vLLM's (prompt_logprobs, else logprobs when echo), when shown.
+
+        A stream shows them only as echo's logprobs; `prompt_logprobs: 0` on a stream (vLLM allows
+        only 0 there) shows nothing, so nothing is asked.
+        """
+        k = self.prompt_logprobs if self.prompt_logprobs is not None else (self.logprobs if self.echo else None)
+        if k is None or (self.stream and not (self.echo and self.logprobs is not None)):
+            return None
+        return k
+
     def to_sampling_params(self) -> dict[str, Any]:
         """The model's `sampling_parameters` JSON; max_tokens defaults to 16 as in OpenAI and vLLM."""
         return self._sampling(16 if self.max_tokens is None else self.max_tokens, send_null_max_tokens=False,
-                              logprobs=self.logprobs)
+                              logprobs=self.logprobs, prompt_logprobs=self.engine_prompt_logprobs)
 
     def embeds_payloads(self) -> list[str]:
         """The prompt_embeds payloads, in order (they become the first choices)."""
@@ -268,6 +282,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Annotated[int | None, _sampling_value("max_tokens")] = None
     logprobs: bool | None = False
     top_logprobs: Annotated[int | None, _sampling_value("logprobs")] = None
+    prompt_logprobs: Annotated[int | None, _sampling_value("prompt_logprobs")] = None
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
@@ -283,7 +298,9 @@ class ChatCompletionRequest(SamplingFields):
     def to_sampling_params(self) -> dict[str, Any]:
         """The model's `sampling_parameters` JSON; no max_tokens means "up to the context", as in vLLM."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self._sampling(max_tokens, send_null_max_tokens=True, logprobs=self.num_top_logprobs)
+        # A stream never shows prompt logprobs (vLLM allows only 0 there): not asked then.
+        return self._sampling(max_tokens, send_null_max_tokens=True, logprobs=self.num_top_logprobs,
+                              prompt_logprobs=None if self.stream else self.prompt_logprobs)
 
 
 # -- responses ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from backend import interface as io
+from backend.types import PromptLogprobs
 from client.frontend.errors import APIError, from_grpc_error, from_triton_message
 from client.triton_inputs import build_inputs, model_info_inputs, read_model_info
 
@@ -66,6 +67,7 @@ class Delta:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     top_ids: list[list[int]] = dataclasses.field(default_factory=list)  # per token, by rank
     top_logprobs: list[list[float]] = dataclasses.field(default_factory=list)
+    prompt: PromptLogprobs | None = None  # the prompt's logprobs: on a choice's first response, when asked
 
 
 class GenerationClient(Protocol):
@@ -129,7 +131,28 @@ _NUMERIC_OUTPUTS = {
     io.OUTPUT_LOGPROBS: np.float32,
     io.TOP_LOGPROBS_IDS: np.int64,
     io.TOP_LOGPROBS: np.float32,
+    io.PROMPT_TOKEN_IDS: np.int64,
+    io.PROMPT_LOGPROBS: np.float32,
+    io.PROMPT_LOGPROB_RANKS: np.int64,
+    io.PROMPT_TOP_LOGPROBS_IDS: np.int64,
+    io.PROMPT_TOP_LOGPROBS: np.float32,
 }
+
+
+def _prompt_logprobs(arrays: dict[str, np.ndarray]) -> PromptLogprobs | None:
+    """The prompt-logprob outputs of a response (the model sends all five or none)."""
+    if io.PROMPT_TOKEN_IDS not in arrays:
+        return None
+    ids = [int(i) for i in arrays[io.PROMPT_TOKEN_IDS].reshape(-1)]
+    p = len(ids)
+    try:
+        return PromptLogprobs(
+            token_ids=ids, logprobs=arrays[io.PROMPT_LOGPROBS].astype(np.float64).reshape(p).tolist(),
+            ranks=arrays[io.PROMPT_LOGPROB_RANKS].reshape(p).tolist(),
+            top_ids=arrays[io.PROMPT_TOP_LOGPROBS_IDS].reshape(p, -1).tolist(),
+            top_logprobs=arrays[io.PROMPT_TOP_LOGPROBS].astype(np.float64).reshape(p, -1).tolist())
+    except (KeyError, ValueError):
+        raise APIError(500, "the inference server sent incomplete prompt logprobs") from None
 
 
 def _add_token_outputs(delta: Delta, arrays: dict[str, np.ndarray]) -> Delta:
@@ -145,6 +168,7 @@ def _add_token_outputs(delta: Delta, arrays: dict[str, np.ndarray]) -> Delta:
         delta.top_ids = arrays[io.TOP_LOGPROBS_IDS].reshape(k, -1).tolist()
     if io.TOP_LOGPROBS in arrays and k:
         delta.top_logprobs = arrays[io.TOP_LOGPROBS].astype(np.float64).reshape(k, -1).tolist()
+    delta.prompt = _prompt_logprobs(arrays)
     return delta
 
 

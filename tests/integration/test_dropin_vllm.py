@@ -223,3 +223,80 @@ def test_token_id_prompt_that_does_not_round_trip(clients, tiny) -> None:
     results = both(clients, lambda c: c.completions.create(model="tiny", prompt=ids, **GREEDY))
     assert results["ours"]["choices"][0]["text"] == results["vllm"]["choices"][0]["text"]
     assert results["ours"]["usage"]["prompt_tokens"] == len(ids) == results["vllm"]["usage"]["prompt_tokens"]
+
+
+# -- prompt logprobs: echo + logprobs, prompt_logprobs (one request per server each) -----------------
+
+
+def assert_echo_logprobs_match(ours: dict, theirs: dict) -> None:
+    """As assert_completion_logprobs_match, with the echoed prompt's first position null on both."""
+    assert ours["tokens"] == theirs["tokens"] and ours["text_offset"] == theirs["text_offset"]
+    assert ours["token_logprobs"][0] is None and theirs["token_logprobs"][0] is None
+    assert ours["top_logprobs"][0] is None and theirs["top_logprobs"][0] is None
+    assert_completion_logprobs_match({key: values[1:] for key, values in ours.items()},
+                                     {key: values[1:] for key, values in theirs.items()})
+
+
+def assert_prompt_logprobs_match(ours: list, theirs: list) -> None:
+    """vLLM's `prompt_logprobs` field: null first, then per position the same ids (prompt token first),
+    ranks and token strings, logprobs within tolerance."""
+    assert len(ours) == len(theirs) > 1 and ours[0] is None and theirs[0] is None
+    for mine, vllms in zip(ours[1:], theirs[1:], strict=True):
+        assert list(mine) == list(vllms)
+        for token_id, entry in vllms.items():
+            assert (mine[token_id]["rank"], mine[token_id]["decoded_token"]) == (entry["rank"], entry["decoded_token"])
+            assert mine[token_id]["logprob"] == pytest.approx(entry["logprob"], abs=LOGPROB_TOLERANCE)
+
+
+def completion_choice(client: openai.OpenAI, **kwargs: Any) -> dict:
+    return client.completions.create(model="tiny", **GREEDY, **kwargs).choices[0].model_dump()
+
+
+@pytest.mark.parametrize("prompt", ["Hé, the fox", "ids"], ids=["text", "token_ids"])
+def test_completion_echo_with_logprobs(clients, tiny, prompt: str) -> None:
+    """echo + logprobs: the prompt's tokens (first one null) then the output's, and vLLM's prompt_logprobs field."""
+    if prompt == "ids":  # special tokens mid-prompt and a lone UTF-8 continuation byte
+        prompt = tiny.ids("Hi") + [256] + tiny.ids("é")[1:] + tiny.ids(" there")
+    results = {name: completion_choice(client, prompt=prompt, echo=True, logprobs=2)
+               for name, client in clients.items()}
+    ours, theirs = results["ours"], results["vllm"]
+    assert ours["text"] == theirs["text"]
+    assert len(theirs["logprobs"]["tokens"]) > GREEDY["max_tokens"]  # the prompt's tokens are there
+    assert_echo_logprobs_match(ours["logprobs"], theirs["logprobs"])
+    assert_prompt_logprobs_match(ours["prompt_logprobs"], theirs["prompt_logprobs"])
+
+
+def test_completion_echo_with_logprobs_streamed(clients) -> None:
+    """The first chunk echoes the prompt with its logprobs in front; offsets continue over the chunks."""
+    def joined(client: openai.OpenAI) -> dict:
+        out = {"text": "", "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}}
+        for chunk in client.completions.create(model="tiny", prompt="Roses é red", echo=True, logprobs=3,
+                                               stream=True, **GREEDY):
+            for choice in chunk.choices:
+                out["text"] += choice.text
+                for key, values in (choice.logprobs.model_dump() if choice.logprobs else {}).items():
+                    out["logprobs"][key] += values or []
+        return out
+
+    results = {name: joined(client) for name, client in clients.items()}
+    assert results["ours"]["text"] == results["vllm"]["text"] and results["ours"]["text"].startswith("Roses é red")
+    assert_echo_logprobs_match(results["ours"]["logprobs"], results["vllm"]["logprobs"])
+
+
+def test_completion_prompt_logprobs(clients) -> None:
+    """prompt_logprobs alone: the choice's prompt_logprobs field, and no logprobs object."""
+    results = {name: completion_choice(client, prompt="The quick brown fox", extra_body={"prompt_logprobs": 3})
+               for name, client in clients.items()}
+    assert results["ours"]["text"] == results["vllm"]["text"]
+    assert results["ours"]["logprobs"] is None and results["vllm"]["logprobs"] is None
+    assert all(len(entry) >= 3 for entry in results["vllm"]["prompt_logprobs"][1:])
+    assert_prompt_logprobs_match(results["ours"]["prompt_logprobs"], results["vllm"]["prompt_logprobs"])
+
+
+def test_chat_prompt_logprobs(clients) -> None:
+    """Chat's prompt_logprobs: once, beside the choices, over the rendered template."""
+    messages = [{"role": "user", "content": "Hi there"}]
+    results = both(clients, lambda c: c.chat.completions.create(model="tiny", messages=messages,
+                                                                extra_body={"prompt_logprobs": 1}, **GREEDY))
+    assert results["ours"]["choices"][0]["message"]["content"] == results["vllm"]["choices"][0]["message"]["content"]
+    assert_prompt_logprobs_match(results["ours"]["prompt_logprobs"], results["vllm"]["prompt_logprobs"])

@@ -114,3 +114,53 @@ def test_model_facts_are_published(triton, tiny):
     assert facts["hidden_size"] == tiny.hidden_size and facts["vocab_size"] == len(tiny.tokenizer)
     assert facts["max_model_len"] == load_engine_args(ENGINE_ARGS)["max_model_len"]
     assert facts["dtype"] == "float32" and facts["placeholder"] == "<|prompt_embeds|>" and facts["max_n"] == 16
+
+
+def _assert_prompt_logprobs_equal(ours, theirs_positions, ids: list[int], m: int) -> None:
+    """Triton's prompt outputs against vLLM's PromptLogprobs ([None, {id: Logprob}, ...])."""
+    import math
+
+    assert ours is not None and ours.token_ids == ids and len(theirs_positions) == len(ids)
+    assert math.isnan(ours.logprobs[0]) and ours.ranks[0] == 0 and ours.top_ids[0] == [-1] * m
+    assert theirs_positions[0] is None
+    for p in range(1, len(ids)):
+        position = theirs_positions[p]
+        assert ours.logprobs[p] == pytest.approx(position[ids[p]].logprob, abs=LOGPROB_TOLERANCE)
+        assert ours.ranks[p] == position[ids[p]].rank
+        top = {tid: lp.logprob for tid, lp in position.items() if lp.rank <= m}
+        assert set(ours.top_ids[p]) == set(top) and len(ours.top_ids[p]) == m
+        for tid, lp in zip(ours.top_ids[p], ours.top_logprobs[p]):
+            assert lp == pytest.approx(top[tid], abs=LOGPROB_TOLERANCE)
+
+
+def test_prompt_logprobs_equal_vllms(triton, offline):
+    """sampling prompt_logprobs=3 on the odd token-id prompt: vLLM's prompt logprobs, ranks and top 3."""
+    from vllm import SamplingParams
+
+    ours = generate(triton.grpc_url, input_ids=ODD_IDS, exclude_input_in_output=True,
+                    sampling={"temperature": 0, "max_tokens": 4, "prompt_logprobs": 3})
+    (theirs,) = offline.generate([{"prompt_token_ids": ODD_IDS}],
+                                 SamplingParams(temperature=0, max_tokens=4, prompt_logprobs=3), use_tqdm=False)
+    assert ours.token_ids == list(theirs.outputs[0].token_ids)
+    _assert_prompt_logprobs_equal(ours.prompt, theirs.prompt_logprobs, ODD_IDS, 3)
+
+
+def test_streamed_prompt_logprobs_reach_every_choice(triton, offline):
+    """Streamed with n=2: each choice's first response carries the prompt logprobs (the same ones)."""
+    from vllm import SamplingParams
+
+    sampling = {"n": 2, "seed": 3, "temperature": 1.0, "max_tokens": 4, "prompt_logprobs": 1}
+    ours = generate(triton.grpc_url, input_ids=ODD_IDS, stream=True, sampling=sampling)
+    (theirs,) = offline.generate([{"prompt_token_ids": ODD_IDS}], SamplingParams(**sampling), use_tqdm=False)
+    assert sorted(ours.choices) == [0, 1] and ours.responses > 2
+    for index in (0, 1):
+        _assert_prompt_logprobs_equal(ours.choices[index].prompt, theirs.prompt_logprobs, ODD_IDS, 1)
+
+
+def test_prompt_logprobs_are_refused_for_embeddings(triton, tiny):
+    with pytest.raises(InferenceServerException) as info:
+        generate(triton.grpc_url, embeds=tiny.embed(tiny.ids("Hi", special=True)),
+                 sampling={"max_tokens": 2, "prompt_logprobs": 1})
+    error = parse_error(info.value.message())
+    assert (error.kind, error.parameter) == ("INVALID_ARG", "sampling_parameters")
+    assert error.message == "sampling_parameters: prompt_logprobs is not compatible with prompt embeds"

@@ -166,9 +166,8 @@ def test_no_logprobs_means_null(api) -> None:
 @pytest.mark.parametrize("body, param", [
     ({"prompt": "bad-structure", "structured_outputs": {"regex": "("}}, "structured_outputs"),
     ({"prompt": "bad-structure", "response_format": {"type": "json_object"}}, "response_format"),
-    ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
     ({"prompt": "x", "suffix": "y"}, "suffix"),
-], ids=["structured_outputs", "response_format", "echo_logprobs", "suffix"])
+], ids=["structured_outputs", "response_format", "suffix"])
 def test_refusals_name_the_field(api, body: dict, param: str) -> None:
     client, _ = api
     response = client.post("/v1/completions", json=body)

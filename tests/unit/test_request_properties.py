@@ -33,7 +33,7 @@ HIDDEN = 128
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))
 # Written out here rather than imported, so the test is an independent statement of the interface.
 BOOL_FIELDS = ["ignore_eos", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens"]
-INT_FIELDS = ["top_k", "seed", "max_tokens", "min_tokens", "n", "logprobs"]
+INT_FIELDS = ["top_k", "seed", "max_tokens", "min_tokens", "n", "logprobs", "prompt_logprobs"]
 FLOAT_FIELDS = ["temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"]
 LIST_FIELDS = ["stop", "stop_token_ids", "bad_words", "logit_bias", "structured_outputs"]
 SAMPLING_FIELDS = BOOL_FIELDS + INT_FIELDS + FLOAT_FIELDS + LIST_FIELDS
@@ -310,6 +310,7 @@ def test_any_sampling_values_are_refused_or_accepted_by_the_engine(builder, engi
     "logit_bias": st.dictionaries(st.integers(0, 261).map(str), st.floats(-1000, 1000), max_size=20),
     "ignore_eos": st.booleans() | st.sampled_from(["true", "False"]),
     "logprobs": st.integers(0, 20),
+    "prompt_logprobs": st.integers(0, 20),
     "structured_outputs": st.sampled_from([{"choice": ["yes", "no"]}, {"regex": "[a-z]{1,5}"}, {"json_object": True},
                                            {"json": {"type": "object", "properties": {"a": {"type": "integer"}}}}]),
 }))

@@ -15,8 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from client.frontend import sse
+from client.frontend.errors import APIError
 from client.frontend.generation import ChoiceStreams, collect, prompt_tokens, sse_stream, until_disconnected
-from client.frontend.logprobs import ChoiceLogprobs
+from client.frontend.logprobs import ChoiceLogprobs, prompt_logprobs_field
 from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state, structure_errors
 from client.frontend.schemas import ChatCompletionRequest, chat_body, new_id, usage
 from client.frontend.triton_client import Delta, TritonRequest
@@ -64,8 +65,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     check_unicode(body)  # first: later errors may quote a field (the model name)
     check_model(body.model, state)
     top = body.num_top_logprobs
-    token_text = await state.token_text("logprobs") if top is not None else None
     messages, payloads, where = split_messages(body)
+    if body.prompt_logprobs is not None and payloads:  # vLLM's refusals, same wording
+        raise APIError(400, "prompt_logprobs is not compatible with prompt embeds.", "prompt_logprobs")
+    if body.stream and body.prompt_logprobs:
+        raise APIError(400, "`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
+    needs_text = "logprobs" if top is not None else "prompt_logprobs" if body.prompt_logprobs is not None else None
+    token_text = await state.token_text(needs_text) if needs_text else None
     await state.open_streams(1, request.scope)
     tensors = await state.decode(payloads, body.prompt_embeds_format, where, scope=request.scope,
                                  request_parameter="messages")
@@ -74,7 +80,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                         embeds=embeds, lengths=[int(t.shape[0]) for t in tensors] or None)
     request_id, model, created = new_id("chatcmpl"), state.config.served_name, int(time.time())
     n = body.n
-    builders = [ChoiceLogprobs(token_text) if token_text else None for _ in range(n)]
+    builders = [ChoiceLogprobs(token_text) if top is not None else None for _ in range(n)]
 
     def logprobs_of(index: int, item: Any) -> dict[str, Any] | None:
         builder = builders[index]
@@ -91,9 +97,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         count_tokens(state, ENDPOINT, prompt_count, completion_tokens)
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": logprobs_of(i, r),
                     "finish_reason": r.finish_reason, "stop_reason": None} for i, r in enumerate(results)]
-        return Response(sse.json_bytes(chat_body(request_id, model, choices, chunk=False, created=created,
-                                                 usage_info=usage(prompt_count, completion_tokens))),
-                        media_type="application/json")
+        response = chat_body(request_id, model, choices, chunk=False, created=created,
+                             usage_info=usage(prompt_count, completion_tokens))
+        if body.prompt_logprobs is not None:  # one prompt: vLLM gives them once, beside the choices
+            prompt = results[0].prompt
+            if prompt is None:
+                raise APIError(500, "the inference server sent no prompt logprobs")
+            response["prompt_logprobs"] = prompt_logprobs_field(token_text, prompt)
+        return Response(sse.json_bytes(response), media_type="application/json")
 
     streams = ChoiceStreams(state.client, [job])
     with structure_errors(body):
