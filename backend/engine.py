@@ -145,7 +145,7 @@ class EngineDriver:
             return
         request_id = f"req-{next(self._ids)}"
         self.admitted += 1
-        if not self._active:
+        if not self._waiting():
             self._last_progress = time.monotonic()  # an idle engine owes nothing until now
         stream = self._sender.open(request, sink)
         active = Active(request_id, request, push=lambda chunk: self._sender.push(stream, chunk),
@@ -187,10 +187,14 @@ class EngineDriver:
             if engine.errored:
                 self._lifecycle.replace("the engine died")
                 continue
-            # Requests already ended (e.g. still aborting on a replaced engine) owe nothing either.
-            waiting = [a for a in self._active.values() if a.end_error is None]
+            waiting = self._waiting()
             if self._stall_s > 0 and waiting and time.monotonic() - self._last_progress > self._stall_s:
                 self._replace_stalled(waiting)
+
+    def _waiting(self) -> list[Active]:
+        """Requests the engine owes output: those already ended (e.g. still aborting on a replaced
+        engine) owe nothing."""
+        return [a for a in self._active.values() if a.end_error is None]
 
     def _replace_stalled(self, waiting: list[Active]) -> None:
         logger.error("the engine produced nothing for %.0fs with %d requests in flight: replacing it",

@@ -158,7 +158,7 @@ def test_requests_still_aborting_on_a_replaced_engine_do_not_stall_the_fresh_one
     assert driver.healthy and driver.restarts == 1
     good = FakeSink()
     driver.submit(make_request(), good)
-    assert good.done.wait(5) and not good.errors
+    assert good.done.wait(5) and not good.errors, good.errors
     driver.shutdown()
 
 
