@@ -1,12 +1,13 @@
-"""Reproduce tritonserver 2.51 resetting gRPC connections when a client cancels a stream.
+"""Reproduce tritonserver 2.51 resetting the gRPC connection of a fast stream.
 
 One stream generates fast (thousands of responses a second from the tiny CPU model); a second
 stream, queued behind it (max_num_seqs 1), is cancelled by its client (stop_stream with
-cancel_requests). On this 2-core box tritonserver then often resets the TCP connection of the
-*first* stream too ("Stream removed (recvmsg: Connection reset by peer)"), even with a connection
-per stream (`--own-connections`) and with the model's cancellation checks off. Without the cancel
-(`--mode nocancel`) or with one stream (`--mode alone`) no reset was seen. Prints one line per
-trial and the count of resets.
+cancel_requests; `--mode nocancel` leaves it, `--mode alone` opens none); both are closed between
+trials. On the 2-core box tritonserver then sometimes resets the fast stream's TCP connection
+("Stream removed (recvmsg: Connection reset by peer)"), also with a connection per stream
+(`--own-connections`) and with the model's cancellation checks off. Seen: cancel 1/5, 4/5 (own
+connections); nocancel 3/5 in one run, 0/4 in another; alone 0/4. Prints one line per trial and
+the count of resets.
 
     .venv/bin/python -m scripts.repro_grpc_cancel_reset --trials 5 [--own-connections] [--mode cancel]
 """
