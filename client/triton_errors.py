@@ -38,3 +38,13 @@ def parse_error(text: str) -> TritonErrorInfo:
     named = _PARAMETER.match(message)
     parameter = named.group(1) if named and (named.group(1) in INPUT_NAMES or named.group(1) == "request") else None
     return TritonErrorInfo(kind=kind, parameter=parameter, message=message)
+
+
+# What grpcio reports when tritonserver drops the TCP connection under a stream (not a model error;
+# see README, Known issues).
+_CONNECTION_RESET_WORDS = ("Stream removed", "Connection reset", "Broken pipe", "Socket closed")
+
+
+def is_connection_reset(error: BaseException | str | None) -> bool:
+    """The stream ended because the gRPC connection was dropped, not with an answer from the model."""
+    return error is not None and any(word in str(error) for word in _CONNECTION_RESET_WORDS)

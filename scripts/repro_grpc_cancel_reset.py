@@ -23,11 +23,11 @@ from typing import Any
 
 import tritonclient.grpc as grpcclient
 
+from client.triton_errors import is_connection_reset
 from client.triton_inputs import MODEL_NAME, build_inputs
 from scripts.devservers import TritonServer, engine_args, make_repository
 
 LONG = {"temperature": 0, "max_tokens": 65000, "ignore_eos": True}
-RESET_WORDS = ("Stream removed", "Connection reset", "Broken pipe", "Socket closed")
 
 
 class Stream:
@@ -51,7 +51,7 @@ class Stream:
 
     @property
     def reset(self) -> bool:
-        return self.error is not None and any(word in str(self.error) for word in RESET_WORDS)
+        return is_connection_reset(self.error)
 
     def close(self) -> None:
         self.client.stop_stream(cancel_requests=True)

@@ -11,11 +11,8 @@ import pytest
 
 import tritonclient.grpc as grpcclient
 
+from client.triton_errors import is_connection_reset
 from client.triton_inputs import MODEL_NAME, build_inputs
-
-
-# What grpcio reports when tritonserver drops the TCP connection under a stream (not a model error).
-_RESET_WORDS = ("Stream removed", "Connection reset", "Broken pipe", "Socket closed")
 
 
 class OpenStream:
@@ -56,7 +53,7 @@ class OpenStream:
     @property
     def connection_reset(self) -> bool:
         """The stream ended because tritonserver dropped the connection, not with a model answer."""
-        return self.error is not None and any(w in str(self.error) for w in _RESET_WORDS)
+        return is_connection_reset(self.error)
 
     def close(self) -> None:
         self._client.stop_stream(cancel_requests=True)

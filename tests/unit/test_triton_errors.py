@@ -59,3 +59,12 @@ def test_overload_is_told_apart_from_other_unavailable_errors():
                         max_queued_requests=2, max_queued_prompt_tokens=100)
     assert parse_error(tagged_message(info.value)).overloaded
     assert not parse_error(tagged_message(EngineUnavailableError("the engine died"))).overloaded
+
+
+def test_a_dropped_connection_is_told_from_a_model_error():
+    from client.triton_errors import is_connection_reset
+
+    assert is_connection_reset("[StatusCode.UNAVAILABLE] Stream removed (recvmsg:Connection reset by peer (104))")
+    assert is_connection_reset(RuntimeError("[StatusCode.UNAVAILABLE] Stream removed (sendmsg: Broken pipe (32))"))
+    assert not is_connection_reset("[StatusCode.UNAVAILABLE] [UNAVAILABLE] the engine died; it is being restarted")
+    assert not is_connection_reset(None)
