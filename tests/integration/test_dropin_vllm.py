@@ -138,6 +138,17 @@ def both(clients: dict[str, openai.OpenAI], call: Any) -> dict[str, Any]:
     return {name: call(client).model_dump() for name, client in clients.items()}
 
 
+def join_completion_chunks(chunks: Any) -> dict:
+    """A streamed completion's text and legacy logprobs object, joined over its chunks."""
+    joined = {"text": "", "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            joined["text"] += choice.text
+            for key, values in (choice.logprobs.model_dump() if choice.logprobs else {}).items():
+                joined["logprobs"][key] += values or []
+    return joined
+
+
 def assert_completion_logprobs_match(ours: dict, theirs: dict) -> None:
     """Same tokens and offsets, logprobs within tolerance, the same top-k token sets per position."""
     assert ours["tokens"] == theirs["tokens"] and ours["text_offset"] == theirs["text_offset"]
@@ -154,13 +165,7 @@ def test_completion_logprobs(clients, stream: bool) -> None:
         kwargs = dict(model="tiny", prompt="The quick brown fox", logprobs=3, **GREEDY)
         if not stream:
             return client.completions.create(**kwargs).choices[0].model_dump()
-        joined = {"text": "", "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}}
-        for chunk in client.completions.create(stream=True, **kwargs):
-            for choice in chunk.choices:
-                joined["text"] += choice.text
-                for key, values in (choice.logprobs.model_dump() if choice.logprobs else {}).items():
-                    joined["logprobs"][key] += values or []
-        return joined
+        return join_completion_chunks(client.completions.create(stream=True, **kwargs))
 
     results = {name: call(client) for name, client in clients.items()}
     assert results["ours"]["text"] == results["vllm"]["text"]
@@ -269,14 +274,8 @@ def test_completion_echo_with_logprobs(clients, tiny, prompt: str) -> None:
 def test_completion_echo_with_logprobs_streamed(clients) -> None:
     """The first chunk echoes the prompt with its logprobs in front; offsets continue over the chunks."""
     def joined(client: openai.OpenAI) -> dict:
-        out = {"text": "", "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}}
-        for chunk in client.completions.create(model="tiny", prompt="Roses é red", echo=True, logprobs=3,
-                                               stream=True, **GREEDY):
-            for choice in chunk.choices:
-                out["text"] += choice.text
-                for key, values in (choice.logprobs.model_dump() if choice.logprobs else {}).items():
-                    out["logprobs"][key] += values or []
-        return out
+        return join_completion_chunks(client.completions.create(model="tiny", prompt="Roses é red", echo=True,
+                                                                logprobs=3, stream=True, **GREEDY))
 
     results = {name: joined(client) for name, client in clients.items()}
     assert results["ours"]["text"] == results["vllm"]["text"] and results["ours"]["text"].startswith("Roses é red")

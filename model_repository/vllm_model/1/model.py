@@ -25,6 +25,7 @@ from backend.service import GenerationService  # noqa: E402
 from backend.triton_io import TritonMetrics, TritonSink, read_inputs  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logger = logging.getLogger(__name__)
 
 
 class TritonPythonModel:
@@ -57,7 +58,7 @@ class TritonPythonModel:
         try:
             self.service.handle(read_inputs(request), sink)
         except Exception as exc:  # noqa: BLE001 - handle() answers bad input itself; this is a bug
-            logging.getLogger(__name__).exception("taking a request failed")
+            logger.exception("taking a request failed")
             sink.send_error(exc)
 
     def finalize(self):
