@@ -1,6 +1,8 @@
 """The servers the integration tests talk to: re-exported from scripts.devservers, the one module
 that starts dev servers (tooling imports that module, never tests/)."""
 
+import psutil
+
 from scripts.devservers import (  # noqa: F401 - the names the tests import from here
     REPO_ROOT,
     START_TIMEOUT_S,
@@ -13,3 +15,9 @@ from scripts.devservers import (  # noqa: F401 - the names the tests import from
     make_repository,
     python_module_argv,
 )
+
+
+def engine_cores(server: TritonServer) -> list[psutil.Process]:
+    """The vLLM EngineCore processes under a running tritonserver (one per model instance)."""
+    return [child for child in psutil.Process(server.proc.pid).children(recursive=True)
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline())]

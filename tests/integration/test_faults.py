@@ -20,7 +20,7 @@ import pytest
 
 from client.triton_sync import InferenceServerException, generate
 from tests.integration.streams import OpenStream, gauge, wait_for, xfail_on_connection_reset
-from tests.servers import FrontendServer, TritonServer, make_repository
+from tests.servers import FrontendServer, TritonServer, engine_cores, make_repository
 
 # Long enough that a "running" request is still running when checked, also on a fast CPU (the
 # tiny model writes ~5,000 tokens/s there): these servers raise the context to the model's 65,536.
@@ -135,10 +135,9 @@ def _when_serving(call, timeout_s: float = 300):
 
 
 def _engine_core(server) -> psutil.Process:
-    for child in psutil.Process(server.proc.pid).children(recursive=True):
-        if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name():
-            return child
-    raise AssertionError("no EngineCore process found")
+    cores = engine_cores(server)
+    assert len(cores) == 1, f"expected one EngineCore process, found {cores}"
+    return cores[0]
 
 
 @xfail_on_connection_reset
