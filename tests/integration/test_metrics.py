@@ -75,8 +75,8 @@ def test_each_model_instance_reports_its_own_gauges(tmp_path):
     server = TritonServer(repo, tmp_path / "tritonserver.log")
     # Both engines paused (SIGSTOP) before the requests come: they stay active without running.
     # Four requests generating flat out on this 2-core box left Triton's metrics port answering
-    # after 10-140 s, and four fast streams made tritonserver 2.51 reset gRPC connections
-    # (README, Known issues); paused engines do neither.
+    # seconds to minutes late, and four fast streams made tritonserver 2.51 reset gRPC
+    # connections (README, Known issues); paused engines do neither.
     cores = engine_cores(server)
     assert len(cores) == 2, cores
     streams = []
