@@ -11,7 +11,7 @@ from backend.errors import (
     ValidationError,
     tagged_message,
 )
-from client.triton_errors import parse_error
+from client.triton_errors import is_connection_reset, parse_error
 
 
 @pytest.mark.parametrize("exc, kind, parameter", [
@@ -62,8 +62,6 @@ def test_overload_is_told_apart_from_other_unavailable_errors():
 
 
 def test_a_dropped_connection_is_told_from_a_model_error():
-    from client.triton_errors import is_connection_reset
-
     assert is_connection_reset("[StatusCode.UNAVAILABLE] Stream removed (recvmsg:Connection reset by peer (104))")
     assert is_connection_reset(RuntimeError("[StatusCode.UNAVAILABLE] Stream removed (sendmsg: Broken pipe (32))"))
     assert not is_connection_reset("[StatusCode.UNAVAILABLE] [UNAVAILABLE] the engine died; it is being restarted")
