@@ -15,10 +15,10 @@ import argparse
 import collections
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -55,6 +55,12 @@ def stub_pid(server_pid: int, timeout_s: float = 30) -> int:
     raise RuntimeError("no triton_python_backend_stub process under tritonserver")
 
 
+def _thread_root(frames: list[str]) -> str:
+    """The thread's own entry: its first frame outside threading.py (all threads start in Thread._bootstrap)."""
+    root = next((frame for frame in frames if "(threading.py:" not in frame), frames[0])
+    return re.sub(r":\d+\)$", ")", root)  # one row per thread function, not per line
+
+
 def summarize(raw: Path, top: int = 20) -> str:
     """Markdown from py-spy's raw (collapsed-stack) output."""
     threads: collections.Counter = collections.Counter()
@@ -68,7 +74,7 @@ def summarize(raw: Path, top: int = 20) -> str:
         n = int(count)
         frames = stack.split(";")
         total += n
-        threads[frames[0]] += n
+        threads[_thread_root(frames)] += n
         leaves[frames[-1]] += n
         for name, needles in BUCKETS.items():
             if any(needle in frame for frame in frames for needle in needles):
@@ -94,9 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=2000,
                    help="more than the sampling needs (payloads are built up front); stopped after")
     p.add_argument("--duration", type=int, default=20, help="seconds of sampling")
+    p.add_argument("--engine-args", default="{}", help="JSON overrides of model.json (e.g. dummy weights on a GPU)")
     p.add_argument("--triton-parameters", default="{}", help="config.pbtxt parameter overrides (JSON)")
     p.add_argument("--gil", action="store_true",
                    help="sample only the thread holding the GIL (py-spy --gil): where the GIL's time goes")
+    p.add_argument("--gil-too", action="store_true",
+                   help="after the all-threads recording, record the GIL holder too, under the same load")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "profile")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = args.out_dir / f"stub-{args.name}.txt"
 
     with Servers(REPO_ROOT / "results" / "tmp" / f"profile-{args.name}") as servers:
-        url = servers.triton(engine_args(args.model), json.loads(args.triton_parameters))
+        url = servers.triton(engine_args(args.model, json.loads(args.engine_args)), json.loads(args.triton_parameters))
         pid = stub_pid(servers.processes[-1].proc.pid)
         load = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_serving", "--name", f"profile-{args.name}",
                                  "--paths", "triton", "--triton-url", url, "--model", args.model,
@@ -113,24 +122,24 @@ def main(argv: list[str] | None = None) -> None:
                                  "--output-tokens", str(args.output_tokens), "--requests", str(args.requests),
                                  "--repeats", "1"], cwd=REPO_ROOT)
         time.sleep(12)  # past client start-up, warm-up and payload building
-        logger.info("sampling the stub (pid %d) for %ds", pid, args.duration)
-        spy = threading.Thread(target=subprocess.run, args=([py_spy, "record", "--pid", str(pid), "--duration",
-                                                             str(args.duration), "--rate", "200", "--format", "raw",
-                                                             "--output", str(raw), "--nonblocking",
-                                                             *(["--gil"] if args.gil else [])],),
-                               kwargs={"check": True})
-        spy.start()
-        spy.join()
+        recordings = [(raw, args.gil)] + ([(args.out_dir / f"stub-{args.name}-gil.txt", True)] if args.gil_too else [])
+        for output, gil in recordings:
+            logger.info("sampling the stub (pid %d) for %ds%s", pid, args.duration, " (GIL holder)" if gil else "")
+            subprocess.run([py_spy, "record", "--pid", str(pid), "--duration", str(args.duration), "--rate", "200",
+                            "--format", "raw", "--output", str(output), "--nonblocking", *(["--gil"] if gil else [])],
+                           check=True)
         if load.poll() is not None:
             logger.warning("the load ended before the sampling did (exit %s): raise --requests", load.returncode)
         load.terminate()
         load.wait()
-    summary = (f"# Stub profile: {args.name}\n\nLoad: Triton gRPC, prompt_embeds of {args.prompt_len} rows, "
-               f"concurrency {args.concurrency}, {args.output_tokens} output tokens; py-spy {args.duration}s "
-               f"at 200 Hz on the Python stub" + (", GIL holder only (`--gil`)" if args.gil else "")
-               + f"; config.pbtxt overrides {args.triton_parameters}.\n\n" + summarize(raw))
-    (args.out_dir / f"stub-{args.name}.md").write_text(summary)
-    print(summary)
+    for output, gil in recordings:
+        summary = (f"# Stub profile: {args.name}\n\nLoad: Triton gRPC, prompt_embeds of {args.prompt_len} rows, "
+                   f"concurrency {args.concurrency}, {args.output_tokens} output tokens; py-spy {args.duration}s "
+                   f"at 200 Hz on the Python stub" + (", GIL holder only (`--gil`)" if gil else "")
+                   + f"; engine-args overrides {args.engine_args}; config.pbtxt overrides {args.triton_parameters}."
+                   "\n\n" + summarize(output))
+        output.with_suffix(".md").write_text(summary)
+        print(summary)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ RAY_DIR=${2:-.gpu-bundle/p4}
 RAY_VERSION=${RAY_VERSION:-2.55.1}  # vLLM 0.24 needs ray >= 2.48 (Compiled Graph, ray.dag)
 mkdir -p "$OUT" "$RAY_DIR"
 DL=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 "${DL[@]}" -d "$OUT" \
   pytest pluggy iniconfig pytest-timeout prometheus_client httpx httpcore h11 anyio safetensors psutil packaging \
   jmespath `# vLLM 0.24 OpenAI server (the benchmark anchor) imports it` \
   msgpack click `# Ray's own dependencies the image may lack` \
-  orjson==3.13.0 ml_dtypes==0.5.4 `# the frontend: SSE encoding, bf16 payloads to Triton`
+  orjson==3.13.0 ml_dtypes==0.5.4 `# the frontend: SSE encoding, bf16 payloads to Triton` \
+  py-spy==0.4.3 `# benchmarks/profile_stub.py (device_run.sh profile)`
 # The last tritonclient wheel with perf_analyzer inside (manylinux1 tag; the binary needs glibc 2.34).
 python3 -m pip download -q --no-deps -d "$OUT" tritonclient==2.51.0
 W=$(mktemp -d)

@@ -9,6 +9,8 @@
 #                            cell set; each layout's files land in $OUT/layouts/NAME/ as they finish
 #   device_run.sh setup-ray -> joins and installs the Ray wheel (build_extra_wheels.sh's two parts in /tmp/extra)
 #   device_run.sh perf    -> tritonserver on the 1B shape (gpu-1 layout), then perf_analyzer (gRPC streaming) on it
+#   device_run.sh profile -> benchmarks/profile_stub.py on the 1B shape (py-spy on the stub: all threads, then the GIL holder)
+#   device_run.sh ab JSON  -> the Triton path alone with config.pbtxt overrides JSON (e.g. a GIL switch interval)
 # Logs and results go to $OUT (default results/gpu-run).
 set -uo pipefail
 OUT=${OUT:-results/gpu-run}
@@ -34,6 +36,11 @@ setup() {
     $PY -c "import $module" 2>/dev/null || "$SYSTEM_PYTHON" -m pip install -q --no-index --no-deps \
       --target /tmp/venv/lib/python3.12/site-packages /tmp/extra/${wheel}-*.whl
   done
+  # py-spy (benchmarks/profile_stub.py): a static binary in a wheel; its own prefix, linked onto PATH.
+  if ls /tmp/extra/py_spy-*.whl > /dev/null 2>&1; then
+    "$SYSTEM_PYTHON" -m pip install -q --no-index --no-deps --target /tmp/pyspy /tmp/extra/py_spy-*.whl \
+      && ln -sf /tmp/pyspy/bin/py-spy /tmp/venv/bin/py-spy
+  fi
   $PY -m scripts.make_shape_model "$M1B" --shape llama-3.2-1b
   if [[ ${SETUP_LEAN:-0} != 1 ]]; then  # SETUP_LEAN=1: only the dummy-weight 1B shape (bench, perf)
     $PY -m scripts.make_tiny_model build/tiny-model
@@ -48,6 +55,24 @@ tests() {
   GPU_TEST_MODELS="tiny=build/tiny-model:float32,llama-3.2-1b=$M1B_WEIGHTS:bfloat16" \
     timeout -s INT -k 30 "${TESTS_TIMEOUT:-420}" $PY -m pytest -m gpu tests/gpu -v -p no:cacheprovider \
     --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
+}
+
+GPU_ENGINE_ARGS_1B='{"load_format": "dummy", "dtype": "bfloat16", "gpu_memory_utilization": 0.4, "enforce_eager": false, "max_model_len": 8192}'
+
+profile() {
+  local dir=$OUT/profile conc=${PROFILE_CONCURRENCY:-64}
+  mkdir -p "$dir"
+  timeout -s INT -k 30 "${PROFILE_TIMEOUT:-300}" $PY -m benchmarks.profile_stub --name "gpu-1b-128rows-c$conc" \
+    --model "$M1B" --engine-args "$GPU_ENGINE_ARGS_1B" --prompt-len 128 --concurrency "$conc" --output-tokens 128 \
+    --requests "${PROFILE_REQUESTS:-1500}" --duration "${PROFILE_SECONDS:-15}" --gil-too --out-dir "$dir" 2>&1 | tee "$dir/profile.log"
+}
+
+ab() {
+  local name=$1 parameters=$2
+  timeout -s INT -k 30 "${AB_TIMEOUT:-240}" $PY -m benchmarks.bench_serving --name "ab-$name" --out-dir "$OUT/ab" \
+    --model "$M1B" --hidden-size 2048 --python "$PY" --engine-args "$GPU_ENGINE_ARGS_1B" --paths triton \
+    --triton-parameters "$parameters" --prompt-lens "${AB_LENS:-128}" --concurrency "${AB_CONCURRENCY:-32,64}" \
+    --output-tokens 128 --repeats "${AB_REPEATS:-2}" --workdir "$OUT/ab-logs-$name" 2>&1 | tee "$OUT/ab-$name.log"
 }
 
 bench() {
@@ -174,5 +199,7 @@ case "${1:-}" in
   layouts) shift; layouts "$@" ;;
   setup-ray) setup_ray 2>&1 | tee "$OUT/setup-ray.log" ;;
   perf) perf ;;
-  *) echo "usage: $0 setup|tests|bench [name model hidden]|layouts [NAME...]|setup-ray|perf" >&2; exit 2 ;;
+  profile) profile ;;
+  ab) ab "$2" "$3" ;;
+  *) echo "usage: $0 setup|tests|bench [name model hidden]|layouts [NAME...]|setup-ray|perf|profile|ab NAME JSON" >&2; exit 2 ;;
 esac
