@@ -218,6 +218,27 @@ def test_unknown_format() -> None:
     assert info.value.parameter == "prompt_embeds_format"
 
 
+# -- base64: pybase64 decodes exactly what the standard library does, never more ----------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(min_size=1, max_size=300))
+def test_base64_decodes_as_the_standard_library(raw: bytes) -> None:
+    encoded = base64.b64encode(raw)
+    assert payloads.decode_base64(encoded) == base64.b64decode(encoded, validate=True) == raw
+    assert payloads.decode_base64(encoded.decode()) == raw
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.characters(max_codepoint=127), min_size=1, max_size=64))
+def test_base64_refuses_what_the_standard_library_refuses(text: str) -> None:
+    try:
+        base64.b64decode(text.encode(), validate=True)
+    except ValueError:  # binascii.Error
+        with pytest.raises(ValidationError, match="base64"):
+            payloads.decode_base64(text)
+
+
 # -- property: anything either decodes or is a ValidationError ---------------------------------
 
 
