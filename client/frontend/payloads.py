@@ -27,7 +27,8 @@ import json
 import math
 import struct
 import zipfile
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import pybase64
 import torch

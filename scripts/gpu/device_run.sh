@@ -10,7 +10,7 @@
 #   device_run.sh setup-ray -> joins and installs the Ray wheel (build_extra_wheels.sh's two parts in /tmp/extra)
 #   device_run.sh perf    -> tritonserver on the 1B shape (gpu-1 layout), then perf_analyzer (gRPC streaming) on it
 #   device_run.sh profile -> benchmarks/profile_stub.py on the 1B shape (py-spy on the stub: all threads, then the GIL holder)
-#   device_run.sh ab JSON  -> the Triton path alone with config.pbtxt overrides JSON (e.g. a GIL switch interval)
+#   device_run.sh ab NAME JSON -> the Triton path alone with config.pbtxt overrides JSON (e.g. a GIL switch interval)
 # Logs and results go to $OUT (default results/gpu-run).
 set -uo pipefail
 OUT=${OUT:-results/gpu-run}
@@ -64,7 +64,7 @@ profile() {
   mkdir -p "$dir"
   timeout -s INT -k 30 "${PROFILE_TIMEOUT:-300}" $PY -m benchmarks.profile_stub --name "gpu-1b-128rows-c$conc" \
     --model "$M1B" --engine-args "$GPU_ENGINE_ARGS_1B" --prompt-len 128 --concurrency "$conc" --output-tokens 128 \
-    --requests "${PROFILE_REQUESTS:-1500}" --duration "${PROFILE_SECONDS:-15}" --gil-too --out-dir "$dir" 2>&1 | tee "$dir/profile.log"
+    --requests "${PROFILE_REQUESTS:-3000}" --duration "${PROFILE_SECONDS:-15}" --gil-too --out-dir "$dir" 2>&1 | tee "$dir/profile.log"
 }
 
 ab() {
