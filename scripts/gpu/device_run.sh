@@ -57,20 +57,21 @@ tests() {
     --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
 }
 
-GPU_ENGINE_ARGS_1B='{"load_format": "dummy", "dtype": "bfloat16", "gpu_memory_utilization": 0.4, "enforce_eager": false, "max_model_len": 8192}'
+# Engine arguments of the single-GPU bench, profile and ab runs (dummy weights, CUDA graphs on; the model is given apart).
+BENCH_ENGINE_ARGS='{"load_format": "dummy", "dtype": "bfloat16", "gpu_memory_utilization": 0.4, "enforce_eager": false, "max_model_len": 8192}'
 
 profile() {
   local dir=$OUT/profile conc=${PROFILE_CONCURRENCY:-64}
   mkdir -p "$dir"
   timeout -s INT -k 30 "${PROFILE_TIMEOUT:-300}" $PY -m benchmarks.profile_stub --name "gpu-1b-128rows-c$conc" \
-    --model "$M1B" --engine-args "$GPU_ENGINE_ARGS_1B" --prompt-len 128 --concurrency "$conc" --output-tokens 128 \
+    --model "$M1B" --engine-args "$BENCH_ENGINE_ARGS" --prompt-len 128 --concurrency "$conc" --output-tokens 128 \
     --requests "${PROFILE_REQUESTS:-3000}" --duration "${PROFILE_SECONDS:-15}" --gil-too --out-dir "$dir" 2>&1 | tee "$dir/profile.log"
 }
 
 ab() {
   local name=$1 parameters=$2
   timeout -s INT -k 30 "${AB_TIMEOUT:-240}" $PY -m benchmarks.bench_serving --name "ab-$name" --out-dir "$OUT/ab" \
-    --model "$M1B" --hidden-size 2048 --python "$PY" --engine-args "$GPU_ENGINE_ARGS_1B" --paths triton \
+    --model "$M1B" --hidden-size 2048 --python "$PY" --engine-args "$BENCH_ENGINE_ARGS" --paths triton \
     --triton-parameters "$parameters" --prompt-lens "${AB_LENS:-128}" --concurrency "${AB_CONCURRENCY:-32,64}" \
     --output-tokens 128 --repeats "${AB_REPEATS:-2}" --workdir "$OUT/ab-logs-$name" 2>&1 | tee "$OUT/ab-$name.log"
 }
@@ -79,7 +80,7 @@ bench() {
   local name=$1 model=$2 hidden=$3
   timeout -s INT -k 30 "${BENCH_TIMEOUT:-280}" $PY -m benchmarks.bench_serving --name "$name" --out-dir "$OUT/bench" \
     --model "$model" --hidden-size "$hidden" --python "$PY" \
-    --engine-args '{"load_format": "dummy", "dtype": "bfloat16", "gpu_memory_utilization": 0.4, "enforce_eager": false, "max_model_len": 8192}' \
+    --engine-args "$BENCH_ENGINE_ARGS" \
     --prompt-lens ${BENCH_LENS:-128,1024,4096} --concurrency ${BENCH_CONCURRENCY:-1,16} --output-tokens 128 --repeats ${BENCH_REPEATS:-3} \
     --workdir "$OUT/bench-logs-$name" 2>&1 | tee "$OUT/bench-$name.log"
 }
