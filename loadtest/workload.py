@@ -52,12 +52,13 @@ class EmbeddingSource:
         self._table: np.ndarray | None = None
         weights = Path(model) / "model.safetensors" if model else None
         if weights is not None and weights.exists():
-            from safetensors.numpy import load_file
+            from safetensors import safe_open
 
-            tensors = load_file(weights)
-            name = next((k for k in tensors if k.endswith("embed_tokens.weight")), None)
-            if name is not None:
-                self._table = np.asarray(tensors[name], dtype=np.float32)
+            # Through torch: numpy has no bfloat16, the usual dtype of real checkpoints. Only the table is read.
+            with safe_open(weights, framework="pt") as f:
+                name = next((k for k in f.keys() if k.endswith("embed_tokens.weight")), None)
+                if name is not None:
+                    self._table = f.get_tensor(name).float().numpy()
         if self._table is not None:
             self.hidden_size = int(self._table.shape[1])
             if hidden_size is not None and hidden_size != self.hidden_size:
