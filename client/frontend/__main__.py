@@ -16,7 +16,7 @@ import tempfile
 
 import uvicorn
 
-from client.frontend.app import CONFIG_ENV, create_app
+from client.frontend.app import CONFIG_ENV, create_app, setup_process
 from client.frontend.config import parse_args, to_json
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run uvicorn (one process, or a supervisor and its workers) until stopped."""
     config = parse_args(argv)
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_process(config)
     common = {"host": config.host, "port": config.port, "log_level": config.log_level,
               "timeout_graceful_shutdown": 5, "access_log": False}
     if config.workers == 1:

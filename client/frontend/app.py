@@ -7,6 +7,7 @@ import logging
 import os
 from typing import AsyncIterator, Callable
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -104,8 +105,20 @@ def create_app(config: FrontendConfig, client_factory: Callable[[], GenerationCl
     return app
 
 
+def setup_process(config: FrontendConfig) -> None:
+    """Process-wide settings of a serving process: logging, and torch on one intra-op thread.
+
+    A request's tensor work here is small (a finiteness check, a cast), but torch spreads each op over
+    every core with OpenMP; where the engine keeps the cores busy, waiting for that thread team cost
+    ~40 ms a request (2-core box, 128 x 2048 rows: decode 40 ms -> 3 ms, TTFT 73 -> 33 ms). Requests
+    run in parallel on the decode pool and the worker processes instead.
+    """
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+
+
 def app_from_env() -> FastAPI:
     """App factory for uvicorn worker processes: the config comes as JSON in TRITON_FRONTEND_CONFIG."""
     config = from_json(os.environ[CONFIG_ENV])
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_process(config)
     return create_app(config)
