@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from client.frontend.app import create_app
+from client.frontend.app import create_app, setup_process
 from client.frontend.config import FrontendConfig, from_json, parse_args, to_json
 from client.frontend.errors import APIError
 from client.frontend.generation import ChoiceStreams, FrontendState
@@ -433,6 +433,29 @@ def test_embeddings_go_to_triton_in_their_own_precision(dtype: torch.dtype, name
     assert sorted(n for n in inputs if n.startswith("return_")) == sorted(RETURNS)
 
 
+@pytest.mark.parametrize("model, given, sent", [
+    ("bfloat16", torch.float32, torch.bfloat16), ("float16", torch.float32, torch.float16),
+    ("bfloat16", torch.float16, torch.float16), ("float32", torch.float16, torch.float16),
+    ("float32", torch.float32, torch.float32), (None, torch.float32, torch.float32)], ids=str)
+def test_rows_go_to_triton_in_the_model_dtype_when_it_is_narrower(model, given, sent) -> None:
+    """The engine casts rows to the model's dtype: narrowing first halves the bytes and changes no value."""
+    fake = FakeClient()
+    fake.facts["dtype"] = model
+    rows = torch.randn(4, HIDDEN).to(given)
+    wide = rows.clone()
+    wide[2, 1] = 1e5  # finite in float32 and bfloat16, not in float16
+    with TestClient(create_app(FrontendConfig(), client_factory=lambda: fake)) as client:
+        response = client.post("/v1/completions", json={"prompt_embeds": encode_prompt_embeds(rows)})
+        assert response.status_code == 200, response.text
+        assert fake.requests[0].embeds.dtype == sent and torch.equal(fake.requests[0].embeds, rows.to(sent))
+        response = client.post("/v1/completions", json={"prompt_embeds": encode_prompt_embeds(wide)})
+    if (given, sent) == (torch.float32, torch.float16):
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "prompt_embeds" and "float16 range" in response.text
+    else:  # fp16 rows hold no 1e5 (it is their inf): refused as such; the others pass through
+        assert response.status_code == (400 if given == torch.float16 else 200), response.text
+
+
 # -- per token: coalescing under backlog, preformatted chunks --------------------------------------
 
 
@@ -488,3 +511,13 @@ def test_preformatted_chunks_equal_the_json_bodies(chat: bool, text: str, reason
         choice = {"index": 2, "text": text, "logprobs": None, "finish_reason": reason, "stop_reason": None}
         expected = completion_body("id-1", "m\"odel", [choice], chunk=True, created=123)
     assert json.loads(raw[6:]) == expected
+
+
+def test_a_serving_process_runs_torch_on_one_thread() -> None:
+    """Per-request tensor work is small; an OpenMP team per op waited ~40 ms for cores the engine held."""
+    before = torch.get_num_threads()
+    try:
+        setup_process(FrontendConfig())
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
