@@ -21,12 +21,15 @@ def validate_embeddings(
     hidden_size: int,
     max_rows: int,
     parameter: str = "prompt_embeds",
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Check one embeddings tensor and return it as a dense, contiguous 2-D tensor.
 
     Accepts rank 2 `(num_tokens, hidden_size)` or rank 3 with a batch of one. The checks are
     ordered so that nothing proportional to a declared (possibly hostile) shape is allocated
-    before the shape itself has been checked.
+    before the shape itself has been checked. With `dtype` (the model's), the rows are returned
+    cast to it, as the engine would cast them, and must be finite there too: 1e5 is a finite
+    float32 but infinite as float16.
     """
     if not isinstance(tensor, torch.Tensor):
         raise ValidationError(parameter, f"expected a tensor, got {type(tensor).__name__}")
@@ -47,7 +50,16 @@ def validate_embeddings(
         raise ValidationError(parameter, "has zero rows")
     if rows > max_rows:
         raise ValidationError(parameter, f"{rows} rows exceed the limit of {max_rows}")
+    given = tensor
+    if dtype is not None and dtype != tensor.dtype:
+        if dtype not in ACCEPTED_DTYPES:
+            raise ValueError(f"no embeddings in {dtype}")
+        tensor = tensor.to(dtype)
     if not bool(torch.isfinite(tensor).all()):
+        if tensor is not given and bool(torch.isfinite(given).all()):
+            name = str(dtype).removeprefix("torch.")
+            raise ValidationError(parameter, f"has values beyond the model's {name} range "
+                                             f"(largest finite {torch.finfo(dtype).max:g})")
         raise ValidationError(parameter, "contains NaN or infinite values")
     return tensor.contiguous()
 

@@ -68,7 +68,7 @@ def _json_input(inputs: Mapping[str, Any], name: str, max_bytes: int) -> Any:
 
 
 def _embeddings(inputs: Mapping[str, Any], config: ServingConfig, hidden_size: int,
-                max_rows: int) -> list[torch.Tensor]:
+                max_rows: int, dtype: torch.dtype) -> list[torch.Tensor]:
     given = [name for name in EMBEDDING_INPUTS if inputs.get(name) is not None]
     if len(given) > 1:
         raise ValidationError(given[1], f"give only one of {', '.join(EMBEDDING_INPUTS)}")
@@ -80,7 +80,7 @@ def _embeddings(inputs: Mapping[str, Any], config: ServingConfig, hidden_size: i
     name = given[0]
     value = inputs[name]
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-    tensor = validate_embeddings(tensor, hidden_size=hidden_size, max_rows=max_rows, parameter=name)
+    tensor = validate_embeddings(tensor, hidden_size=hidden_size, max_rows=max_rows, parameter=name, dtype=dtype)
     lengths = None
     if lengths_raw is not None:
         array = np.asarray(lengths_raw)
@@ -137,7 +137,7 @@ def parse_request(
     messages = _json_input(inputs, "messages", config.max_request_json_bytes)
     if text is not None and messages is not None:
         raise ValidationError("messages", "give either messages or text_input, not both")
-    parts = _embeddings(inputs, config, builder.hidden_size, max_rows=max_model_len - 1)
+    parts = _embeddings(inputs, config, builder.hidden_size, max_rows=max_model_len - 1, dtype=builder.dtype)
 
     if ids is not None:
         # Sent as they are: no tokenization, no BOS, no round trip through text.

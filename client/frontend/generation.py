@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
 MODEL_FACTS_LOGGED = ("hidden_size", "max_model_len", "dtype", "vocab_size", "model")
+MODEL_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _positive_fact(facts: dict[str, Any], key: str) -> int:
@@ -46,6 +47,11 @@ def _positive_fact(facts: dict[str, Any], key: str) -> int:
         raise APIError(503, f"the model did not publish its {key}; start the frontend with "
                             f"--{key.replace('_', '-')}")
     return value
+
+
+def _model_dtype(facts: dict[str, Any] | None) -> torch.dtype | None:
+    """The model's dtype from its facts ("bfloat16", ...), if it is one embeddings come in."""
+    return MODEL_DTYPES.get((facts or {}).get("dtype"))
 
 
 class FrontendState:
@@ -77,12 +83,13 @@ class FrontendState:
         return self._facts
 
     async def limits(self) -> PayloadLimits:
-        """Payload limits: --hidden-size, else the model's own hidden size (asked once)."""
-        hidden_size = self.config.hidden_size
+        """Payload limits: --hidden-size, else the model's own hidden size (asked once); the model's dtype if known."""
+        hidden_size, facts = self.config.hidden_size, self._facts
         if hidden_size is None:
-            hidden_size = _positive_fact(await self.facts(), "hidden_size")
+            facts = await self.facts()
+            hidden_size = _positive_fact(facts, "hidden_size")
         return PayloadLimits(hidden_size=hidden_size, max_rows=self.config.max_embed_rows,
-                             allow_pickle=self.config.allow_pickle)
+                             allow_pickle=self.config.allow_pickle, model_dtype=_model_dtype(facts))
 
     async def max_request_rows(self) -> int:
         """Embedding rows per request, all payloads together: --max-model-len, else the model's context."""

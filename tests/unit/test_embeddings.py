@@ -53,6 +53,29 @@ def test_rejects_non_tensor():
         check([[0.0] * H])
 
 
+@pytest.mark.parametrize("given, model", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                          (torch.float16, torch.bfloat16), (torch.float16, torch.float32),
+                                          (torch.bfloat16, torch.bfloat16)], ids=str)
+def test_rows_come_back_in_the_model_dtype_as_the_engine_casts_them(given, model):
+    rows = (torch.randn(5, H) * 3).to(given)
+    out = validate_embeddings(rows, hidden_size=H, max_rows=100, dtype=model)
+    assert out.dtype == model and out.is_contiguous()
+    assert torch.equal(out, rows.to(model))  # bit for bit what the engine's own cast gives
+
+
+@pytest.mark.parametrize("value, model", [(1e5, torch.float16), (3.4e38, torch.bfloat16)], ids=str)
+def test_finite_float32_beyond_the_model_dtype_is_refused(value, model):
+    rows = torch.zeros(3, H)
+    rows[1, 2] = value
+    with pytest.raises(ValidationError) as info:
+        validate_embeddings(rows, hidden_size=H, max_rows=100, parameter="prompt_embeds_x", dtype=model)
+    name = str(model).removeprefix("torch.")
+    assert info.value.parameter == "prompt_embeds_x" and f"{name} range" in info.value.message
+    rows[1, 2] = float("nan")  # a value that is not finite in the payload keeps its own message
+    with pytest.raises(ValidationError, match="NaN or infinite"):
+        validate_embeddings(rows, hidden_size=H, max_rows=100, dtype=model)
+
+
 def test_split_parts():
     parts = split_parts(torch.arange(5.0).repeat(H, 1).T.contiguous(), [2, 3], max_parts=4)
     assert [p[:, 0].tolist() for p in parts] == [[0.0, 1.0], [2.0, 3.0, 4.0]]
