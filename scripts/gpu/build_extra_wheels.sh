@@ -18,6 +18,7 @@ DL=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.
   jmespath `# vLLM 0.24 OpenAI server (the benchmark anchor) imports it` \
   msgpack click `# Ray's own dependencies the image may lack` \
   orjson==3.13.0 ml_dtypes==0.5.4 `# the frontend: SSE encoding, bf16 payloads to Triton` \
+  uvloop==0.23.0 httptools==0.9.0 `# uvicorn[standard], as pip install vllm brings: both HTTP servers parse with them` \
   py-spy==0.4.3 `# benchmarks/profile_stub.py (device_run.sh profile)`
 # The last tritonclient wheel with perf_analyzer inside (manylinux1 tag; the binary needs glibc 2.34).
 python3 -m pip download -q --no-deps -d "$OUT" tritonclient==2.51.0

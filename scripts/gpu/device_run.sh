@@ -31,7 +31,7 @@ setup() {
   for pair in pytest:pytest pluggy:pluggy iniconfig:iniconfig pytest_timeout:pytest_timeout \
               prometheus_client:prometheus_client httpx:httpx httpcore:httpcore h11:h11 anyio:anyio \
               safetensors:safetensors psutil:psutil packaging:packaging jmespath:jmespath \
-              orjson:orjson ml_dtypes:ml_dtypes; do
+              orjson:orjson ml_dtypes:ml_dtypes uvloop:uvloop httptools:httptools; do
     module=${pair%%:*}; wheel=${pair##*:}
     $PY -c "import $module" 2>/dev/null || "$SYSTEM_PYTHON" -m pip install -q --no-index --no-deps \
       --target /tmp/venv/lib/python3.12/site-packages /tmp/extra/${wheel}-*.whl

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.embeddings import split_parts, validate_embeddings
+from backend.embeddings import all_finite, split_parts, validate_embeddings
 from backend.errors import ValidationError
 
 H = 128
@@ -74,6 +74,27 @@ def test_finite_float32_beyond_the_model_dtype_is_refused(value, model):
     rows[1, 2] = float("nan")  # a value that is not finite in the payload keeps its own message
     with pytest.raises(ValidationError, match="NaN or infinite"):
         validate_embeddings(rows, hidden_size=H, max_rows=100, dtype=model)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_all_finite_agrees_with_isfinite_wherever_the_bad_value_sits(dtype, threads):
+    """The extremes check must see one NaN or infinity anywhere, also in a multi-threaded reduction."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = torch.randn(300, 1000).to(dtype)
+        assert all_finite(rows)
+        flat = rows.view(-1)
+        for position in (0, 1, 77_777, flat.numel() // 2, flat.numel() - 1):
+            for bad in (float("nan"), float("inf"), float("-inf")):
+                poisoned = flat.clone()
+                poisoned[position] = bad
+                assert not all_finite(poisoned.view(300, 1000)), (position, bad)
+                half = poisoned.view(300, 1000)[:, 500:]  # a strided view: the bad value may be outside it
+                assert all_finite(half) == bool(torch.isfinite(half).all()), (position, bad)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_split_parts():
