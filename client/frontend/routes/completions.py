@@ -15,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from backend.types import PromptLogprobs
 from client.frontend import sse
 from client.frontend.errors import APIError
+from client.frontend.jsonbody import JSONRoute
 from client.frontend.generation import (
     ChoiceResult,
     ChoiceStreams,
@@ -28,7 +29,7 @@ from client.frontend.routes.common import check_model, check_unicode, count_toke
 from client.frontend.schemas import CompletionRequest, completion_body, new_id, usage
 from client.frontend.triton_client import Delta, TritonRequest
 
-router = APIRouter()
+router = APIRouter(route_class=JSONRoute)
 ENDPOINT = "/v1/completions"
 
 
