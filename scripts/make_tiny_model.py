@@ -55,15 +55,21 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_model(vocab_size: int, bos_id: int, eos_ids: list[int], seed: int) -> LlamaForCausalLM:
-    """A 2-layer Llama with head_dim 64 (the CPU attention kernels reject smaller heads)."""
+def build_model(vocab_size: int, bos_id: int, eos_ids: list[int], seed: int, *, hidden_size: int = 128,
+                layers: int = 2, intermediate_size: int = 256) -> LlamaForCausalLM:
+    """A 2-layer Llama with head_dim 64 (the CPU attention kernels reject smaller heads).
+
+    Wider variants (`hidden_size` a multiple of 64) measure per-request costs that grow with the
+    embedding width, such as payload transport, at a real model's width without its compute.
+    """
+    heads = hidden_size // 64
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 4),
         head_dim=64,
         max_position_embeddings=MAX_POSITIONS,
         bos_token_id=bos_id,
@@ -86,13 +92,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("output", type=Path, help="directory to write the model into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int, default=128, help="a multiple of 64")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--intermediate-size", type=int, default=256)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the saved weights' dtype (and config.json's)")
     args = parser.parse_args()
+    if args.hidden_size < 64 or args.hidden_size % 64:
+        parser.error("--hidden-size must be a multiple of 64")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     tokenizer = build_tokenizer()
     bos_id = tokenizer.convert_tokens_to_ids(BOS)
     eos_ids = [tokenizer.convert_tokens_to_ids(EOT), tokenizer.convert_tokens_to_ids(EOS)]
-    model = build_model(len(tokenizer), bos_id, eos_ids, args.seed)
+    model = build_model(len(tokenizer), bos_id, eos_ids, args.seed, hidden_size=args.hidden_size, layers=args.layers,
+                        intermediate_size=args.intermediate_size).to(getattr(torch, args.dtype))
+    model.config.torch_dtype = args.dtype
     args.output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.output)
     tokenizer.save_pretrained(args.output)
