@@ -55,6 +55,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# free_port's race: between the probe and the server's bind, another process may take the port (a
+# client's outgoing connection gets its port from the same range). A server that exits saying so is
+# started again on other ports, at most this many times in all.
+PORT_ATTEMPTS = 3
+
+
+def _lost_port(process: "Process", error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and "already in use" in process.tail()
+
+
 def engine_args(model: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model's engine arguments (model.json), with `model` and `overrides` applied."""
     args = json.loads(MODEL_JSON.read_text())
@@ -199,20 +209,27 @@ class TritonServer(Process):
     def __init__(self, repository: Path, log_path: Path | None, extra: list[str] | None = None, *,
                  host: str = LOOPBACK, admin_key: str | None = None, ports: tuple[int, int, int] | None = None,
                  command: list[str] | None = None, timeout_s: float = START_TIMEOUT_S) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = ports or (free_port(), free_port(), free_port())
         self.host = host
         self.admin_key = admin_key or new_admin_key()
-        if command:  # another machine's own tritonserver (e.g. the GPU box); its environment as is
-            argv = [*command, *server_options(repository, http_port=self.http_port, grpc_port=self.grpc_port,
-                                              metrics_port=self.metrics_port, host=host,
-                                              admin_key=self.admin_key), *(extra or [])]
-            env = dict(os.environ)
-        else:
-            argv, env = server_command(repository, http_port=self.http_port, grpc_port=self.grpc_port,
-                                       metrics_port=self.metrics_port, host=host, admin_key=self.admin_key,
-                                       extra=extra)
-        super().__init__(argv, env, log_path)
-        self.wait_until(self.model_ready, "tritonserver", timeout_s)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.http_port, self.grpc_port, self.metrics_port = ports or (free_port(), free_port(), free_port())
+            if command:  # another machine's own tritonserver (e.g. the GPU box); its environment as is
+                argv = [*command, *server_options(repository, http_port=self.http_port, grpc_port=self.grpc_port,
+                                                  metrics_port=self.metrics_port, host=host,
+                                                  admin_key=self.admin_key), *(extra or [])]
+                env = dict(os.environ)
+            else:
+                argv, env = server_command(repository, http_port=self.http_port, grpc_port=self.grpc_port,
+                                           metrics_port=self.metrics_port, host=host, admin_key=self.admin_key,
+                                           extra=extra)
+            super().__init__(argv, env, log_path)
+            try:
+                self.wait_until(self.model_ready, "tritonserver", timeout_s)
+                return
+            except RuntimeError as exc:
+                if ports or attempt == PORT_ATTEMPTS or not _lost_port(self, exc):
+                    raise
+                logger.warning("tritonserver lost a port to another process; starting it again on others")
 
     @property
     def _address(self) -> str:
@@ -254,12 +271,19 @@ class FrontendServer(Process):
     def __init__(self, grpc_url: str, log_path: Path | None, *extra: str, host: str = LOOPBACK,
                  port: int | None = None, python: list[str] | None = None,
                  timeout_s: float = 120) -> None:
-        self.port = port or free_port()
         self.host = host
-        argv = [*(python or [sys.executable]), "-m", "client.frontend", "--triton-url", grpc_url,
-                "--host", host, "--port", str(self.port), *extra]
-        super().__init__(argv, checkout_env(), log_path)
-        self.wait_until(lambda: _http_ok(f"{self.url}/health"), "frontend", timeout_s)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.port = port or free_port()
+            argv = [*(python or [sys.executable]), "-m", "client.frontend", "--triton-url", grpc_url,
+                    "--host", host, "--port", str(self.port), *extra]
+            super().__init__(argv, checkout_env(), log_path)
+            try:
+                self.wait_until(lambda: _http_ok(f"{self.url}/health"), "frontend", timeout_s)
+                return
+            except RuntimeError as exc:
+                if port or attempt == PORT_ATTEMPTS or not _lost_port(self, exc):
+                    raise
+                logger.warning("the frontend lost its port to another process; starting it again on another")
 
     @property
     def url(self) -> str:

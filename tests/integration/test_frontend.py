@@ -390,3 +390,22 @@ def test_client_disconnect_cancels_triton_request(frontend, triton) -> None:
         session.post("/v1/completions", json=long)
     assert _wait_for(lambda: _cancelled_count(triton) >= before + 2), "non-streaming request not cancelled"
 
+
+
+def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(triton, tmp_path, monkeypatch) -> None:
+    """free_port's race (another process binds the port first) restarts the server on another port."""
+    import socket
+
+    from scripts import devservers
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(devservers, "free_port", lambda real=devservers.free_port: next(ports, None) or real())
+        server = FrontendServer(triton.grpc_url, tmp_path / "frontend.log")
+        try:
+            assert server.port != taken.getsockname()[1]
+            assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+        finally:
+            server.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -14,7 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from client.frontend.app import create_app, setup_process
+from client.frontend.app import create_app
 from client.frontend.config import FrontendConfig, from_json, parse_args, to_json
 from client.frontend.errors import APIError
 from client.frontend.generation import ChoiceStreams, FrontendState
@@ -514,10 +516,14 @@ def test_preformatted_chunks_equal_the_json_bodies(chat: bool, text: str, reason
 
 
 def test_a_serving_process_runs_torch_on_one_thread() -> None:
-    """Per-request tensor work is small; an OpenMP team per op waited ~40 ms for cores the engine held."""
-    before = torch.get_num_threads()
-    try:
-        setup_process(FrontendConfig())
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    """Per-request tensor work is small; an OpenMP team per op waited ~40 ms for cores the engine held.
+
+    In a fresh interpreter, as a frontend process starts (this one may have imported vLLM's CPU
+    worker, which makes torch.set_num_threads a no-op).
+    """
+    code = ("import torch; from client.frontend.app import setup_process; "
+            "from client.frontend.config import FrontendConfig; "
+            "setup_process(FrontendConfig()); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
+    assert out.split()[-1] == "1"
