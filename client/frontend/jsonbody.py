@@ -9,7 +9,8 @@ so what it accepts and the errors it raises (FastAPI maps them to its 422/400) a
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pydantic_core
 from fastapi import Request, Response

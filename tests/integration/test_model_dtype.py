@@ -9,7 +9,7 @@ straight to Triton gives the text prompt's greedy tokens. A float32 value past b
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import openai

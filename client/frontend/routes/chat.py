@@ -16,8 +16,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from client.frontend import sse
 from client.frontend.errors import APIError
-from client.frontend.jsonbody import JSONRoute
 from client.frontend.generation import ChoiceStreams, collect, prompt_tokens, sse_stream, until_disconnected
+from client.frontend.jsonbody import JSONRoute
 from client.frontend.logprobs import ChoiceLogprobs, prompt_logprobs_field
 from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state, structure_errors
 from client.frontend.schemas import ChatCompletionRequest, chat_body, new_id, usage

@@ -15,7 +15,6 @@ from fastapi.responses import Response, StreamingResponse
 from backend.types import PromptLogprobs
 from client.frontend import sse
 from client.frontend.errors import APIError
-from client.frontend.jsonbody import JSONRoute
 from client.frontend.generation import (
     ChoiceResult,
     ChoiceStreams,
@@ -24,6 +23,7 @@ from client.frontend.generation import (
     sse_stream,
     until_disconnected,
 )
+from client.frontend.jsonbody import JSONRoute
 from client.frontend.logprobs import ChoiceLogprobs, prompt_logprobs_field
 from client.frontend.routes.common import check_model, check_unicode, count_tokens, frontend_state, structure_errors
 from client.frontend.schemas import CompletionRequest, completion_body, new_id, usage
