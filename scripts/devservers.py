@@ -61,8 +61,6 @@ def free_port() -> int:
 PORT_ATTEMPTS = 3
 
 
-def _lost_port(process: "Process", error: BaseException) -> bool:
-    return isinstance(error, RuntimeError) and "already in use" in process.tail()
 
 
 def engine_args(model: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -157,6 +155,21 @@ class Process:
     def pid(self) -> int:
         return self.proc.pid
 
+    def _start_on_free_ports(self, launch: Callable[[], tuple[list[str], dict[str, str]]], log_path: Path | None,
+                             ready: Callable[[], bool], what: str, timeout_s: float, *, fixed_ports: bool) -> None:
+        """Start the server `launch` describes (it picks the ports) and wait until ready; when it exits
+        because another process took a port first (free_port's race), start it again on others."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            argv, env = launch()
+            Process.__init__(self, argv, env, log_path)
+            try:
+                self.wait_until(ready, what, timeout_s)
+                return
+            except RuntimeError:
+                if fixed_ports or attempt == PORT_ATTEMPTS or "already in use" not in self.tail():
+                    raise
+                logger.warning("%s lost a port to another process; starting it again on others", what)
+
     def wait_until(self, ready: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
         """Poll `ready` until true; if the server exits, the timeout passes or anything interrupts the
         wait (Ctrl-C included), stop the server and raise."""
@@ -211,25 +224,18 @@ class TritonServer(Process):
                  command: list[str] | None = None, timeout_s: float = START_TIMEOUT_S) -> None:
         self.host = host
         self.admin_key = admin_key or new_admin_key()
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+
+        def launch() -> tuple[list[str], dict[str, str]]:
             self.http_port, self.grpc_port, self.metrics_port = ports or (free_port(), free_port(), free_port())
             if command:  # another machine's own tritonserver (e.g. the GPU box); its environment as is
-                argv = [*command, *server_options(repository, http_port=self.http_port, grpc_port=self.grpc_port,
+                return [*command, *server_options(repository, http_port=self.http_port, grpc_port=self.grpc_port,
                                                   metrics_port=self.metrics_port, host=host,
-                                                  admin_key=self.admin_key), *(extra or [])]
-                env = dict(os.environ)
-            else:
-                argv, env = server_command(repository, http_port=self.http_port, grpc_port=self.grpc_port,
-                                           metrics_port=self.metrics_port, host=host, admin_key=self.admin_key,
-                                           extra=extra)
-            super().__init__(argv, env, log_path)
-            try:
-                self.wait_until(self.model_ready, "tritonserver", timeout_s)
-                return
-            except RuntimeError as exc:
-                if ports or attempt == PORT_ATTEMPTS or not _lost_port(self, exc):
-                    raise
-                logger.warning("tritonserver lost a port to another process; starting it again on others")
+                                                  admin_key=self.admin_key), *(extra or [])], dict(os.environ)
+            return server_command(repository, http_port=self.http_port, grpc_port=self.grpc_port,
+                                  metrics_port=self.metrics_port, host=host, admin_key=self.admin_key, extra=extra)
+
+        self._start_on_free_ports(launch, log_path, self.model_ready, "tritonserver", timeout_s,
+                                  fixed_ports=ports is not None)
 
     @property
     def _address(self) -> str:
@@ -272,18 +278,13 @@ class FrontendServer(Process):
                  port: int | None = None, python: list[str] | None = None,
                  timeout_s: float = 120) -> None:
         self.host = host
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+        def launch() -> tuple[list[str], dict[str, str]]:
             self.port = port or free_port()
-            argv = [*(python or [sys.executable]), "-m", "client.frontend", "--triton-url", grpc_url,
-                    "--host", host, "--port", str(self.port), *extra]
-            super().__init__(argv, checkout_env(), log_path)
-            try:
-                self.wait_until(lambda: _http_ok(f"{self.url}/health"), "frontend", timeout_s)
-                return
-            except RuntimeError as exc:
-                if port or attempt == PORT_ATTEMPTS or not _lost_port(self, exc):
-                    raise
-                logger.warning("the frontend lost its port to another process; starting it again on another")
+            return [*(python or [sys.executable]), "-m", "client.frontend", "--triton-url", grpc_url,
+                    "--host", host, "--port", str(self.port), *extra], checkout_env()
+
+        self._start_on_free_ports(launch, log_path, lambda: _http_ok(f"{self.url}/health"), "frontend", timeout_s,
+                                  fixed_ports=port is not None)
 
     @property
     def url(self) -> str:
@@ -295,13 +296,16 @@ class VllmServer(Process):
 
     def __init__(self, args: dict[str, Any], log_path: Path | None, *extra: str,
                  python: list[str] | None = None, timeout_s: float = START_TIMEOUT_S) -> None:
-        self.port = free_port()
-        argv = [*(python or [sys.executable]), "-m", "vllm.entrypoints.openai.api_server", *vllm_flags(args),
-                "--host", LOOPBACK, "--port", str(self.port), "--disable-uvicorn-access-log", *extra]
-        if "--enable-prompt-embeds" not in argv:
-            argv.append("--enable-prompt-embeds")
-        super().__init__(argv, checkout_env(), log_path)
-        self.wait_until(lambda: _http_ok(f"{self.url}/v1/models"), "vLLM server", timeout_s)
+        def launch() -> tuple[list[str], dict[str, str]]:
+            self.port = free_port()
+            argv = [*(python or [sys.executable]), "-m", "vllm.entrypoints.openai.api_server", *vllm_flags(args),
+                    "--host", LOOPBACK, "--port", str(self.port), "--disable-uvicorn-access-log", *extra]
+            if "--enable-prompt-embeds" not in argv:
+                argv.append("--enable-prompt-embeds")
+            return argv, checkout_env()
+
+        self._start_on_free_ports(launch, log_path, lambda: _http_ok(f"{self.url}/v1/models"), "vLLM server",
+                                  timeout_s, fixed_ports=False)
 
     @property
     def url(self) -> str:

@@ -57,7 +57,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_model(vocab_size: int, bos_id: int, eos_ids: list[int], seed: int, *, hidden_size: int = 128,
                 layers: int = 2, intermediate_size: int = 256) -> LlamaForCausalLM:
-    """A 2-layer Llama with head_dim 64 (the CPU attention kernels reject smaller heads).
+    """A small Llama (2 layers, width 128 by default) with head_dim 64 (the CPU attention kernels reject smaller heads).
 
     Wider variants (`hidden_size` a multiple of 64) measure per-request costs that grow with the
     embedding width, such as payload transport, at a real model's width without its compute.
