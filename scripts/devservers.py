@@ -3,10 +3,16 @@
 `make serve` (scripts/serve.py), the integration tests (tests/servers.py re-exports this), the
 benchmark and the load tests all start their servers here: free ports, a log file per server,
 readiness waits, a copy of model_repository/ with overrides, and a stop that leaves nothing behind:
-- each server runs in its own process group (a session). Stopping it sends SIGTERM to the server
-  alone (tritonserver then drains and unloads the model; signalled too, the engine would abort at
-  once) and, once it exited or after a timeout, SIGKILL to the whole group: its children, the
-  model's stub and vLLM engine included, go with it;
+- each server runs in its own process group. Stopping it sends SIGTERM to the server alone
+  (tritonserver then drains and unloads the model; signalled too, the engine would abort at once)
+  and, once it exited or after a timeout, SIGKILL to the whole group: its children, the model's
+  stub and vLLM engine included, go with it;
+- but in the session of the process that starts it, not a session of its own: Linux's scheduler
+  autogroups (on by default on this box and many distributions) give every session an equal CPU
+  share, and within a share the CPU engine's low priority (config.pbtxt's engine_niceness) counts.
+  A client in a session of its own, on the 2-core box, next to a server session whose CPU engine
+  spins: 4 to 10 of 96 streamed requests at 8 streams arrived in one burst at the end; in one
+  session none of 288 (backend/lifecycle.py);
 - each server started from the main thread is SIGKILLed by the kernel when the process that
   started it dies, even by SIGKILL (PR_SET_PDEATHSIG; the kernel sends it when the *thread* that
   started the child ends, so servers started from other threads go without it);
@@ -142,26 +148,29 @@ def _http_ok(url: str) -> bool:
 
 
 class Process:
-    """A server in its own process group, its output in a log file (or this terminal when None)."""
+    """A server in its own process group (in this session), its output in a log file (or this terminal when None)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path | None) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path | None, *, own_session: bool = False) -> None:
+        """`own_session`: a session of its own instead (as a server started from another terminal)."""
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path is not None else None
+        group = {"start_new_session": True} if own_session else {"process_group": 0}
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT if self._log else None,
-                                     start_new_session=True, preexec_fn=_die_with_parent())
+                                     preexec_fn=_die_with_parent(), **group)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def _start_on_free_ports(self, launch: Callable[[], tuple[list[str], dict[str, str]]], log_path: Path | None,
-                             ready: Callable[[], bool], what: str, timeout_s: float, *, fixed_ports: bool) -> None:
+                             ready: Callable[[], bool], what: str, timeout_s: float, *, fixed_ports: bool,
+                             own_session: bool = False) -> None:
         """Start the server `launch` describes (it picks the ports) and wait until ready; when it exits
         because another process took a port first (free_port's race), start it again on others."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             argv, env = launch()
-            Process.__init__(self, argv, env, log_path)
+            Process.__init__(self, argv, env, log_path, own_session=own_session)
             try:
                 self.wait_until(ready, what, timeout_s)
                 return
@@ -221,7 +230,8 @@ class TritonServer(Process):
 
     def __init__(self, repository: Path, log_path: Path | None, extra: list[str] | None = None, *,
                  host: str = LOOPBACK, admin_key: str | None = None, ports: tuple[int, int, int] | None = None,
-                 command: list[str] | None = None, timeout_s: float = START_TIMEOUT_S) -> None:
+                 command: list[str] | None = None, timeout_s: float = START_TIMEOUT_S,
+                 own_session: bool = False) -> None:
         self.host = host
         self.admin_key = admin_key or new_admin_key()
 
@@ -235,7 +245,7 @@ class TritonServer(Process):
                                   metrics_port=self.metrics_port, host=host, admin_key=self.admin_key, extra=extra)
 
         self._start_on_free_ports(launch, log_path, self.model_ready, "tritonserver", timeout_s,
-                                  fixed_ports=ports is not None)
+                                  fixed_ports=ports is not None, own_session=own_session)
 
     @property
     def _address(self) -> str:

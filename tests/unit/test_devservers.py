@@ -7,6 +7,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from backend.reaper import gone
 from scripts.devservers import Process
@@ -32,6 +33,7 @@ def test_a_server_dies_with_the_process_that_started_it_even_by_sigkill():
     starter = subprocess.Popen([sys.executable, "-c", _STARTER], stdout=subprocess.PIPE, text=True)
     server = int(starter.stdout.readline())
     assert os.getpgid(server) == server  # its own process group
+    assert os.getsid(server) == os.getsid(starter.pid)  # in its starter's session (one scheduler autogroup)
     starter.kill()
     starter.wait()
     assert _gone_within(server, 5), "the server outlived the process that started it"
@@ -48,3 +50,15 @@ def test_stop_kills_a_server_that_ignores_sigterm_and_its_children(tmp_path):
     assert time.monotonic() - started < 5
     assert process.proc.returncode == -signal.SIGKILL
     assert _gone_within(child, 5), "the server's child outlived stop()"
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+def test_a_server_shares_this_session_unless_asked(tmp_path, own_session):
+    process = Process([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), tmp_path / "log",
+                      own_session=own_session)
+    try:
+        assert os.getpgid(process.pid) == process.pid
+        assert (os.getsid(process.pid) == process.pid) is own_session
+        assert (os.getsid(process.pid) == os.getsid(0)) is not own_session
+    finally:
+        process.stop(timeout_s=5)
