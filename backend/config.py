@@ -39,6 +39,11 @@ class ServingConfig:
     # Triton's readiness URL, polled to notice a shutdown: "auto" (from tritonserver's options), "off", or a URL
     server_ready_url: str = "auto"
     report_custom_metrics: bool = True
+    # Niceness (0..19) of every thread of the vLLM engine's processes, or "auto": 19 when the
+    # engine runs on CPU, 0 (as started) on a GPU. vLLM's engine core and worker spin-wait on each
+    # other (sched_yield) while a request runs, so a CPU engine holds every core; clients on the
+    # same machine then got their streams in one burst at the end (backend.lifecycle).
+    engine_niceness: str = "auto"
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -82,6 +87,9 @@ def parse_serving_config(parameters: Mapping[str, str]) -> ServingConfig:
         raise ConfigError("parameter 'intake_threads' must be 1..16")
     if not (config.gil_switch_interval_s == 0 or 1e-5 <= config.gil_switch_interval_s <= 0.1):
         raise ConfigError("parameter 'gil_switch_interval_s' must be 0 (Python's default) or 1e-5..0.1 seconds")
+    niceness = config.engine_niceness.strip()
+    if niceness != "auto" and not (niceness.isdigit() and int(niceness) <= 19):
+        raise ConfigError(f"parameter 'engine_niceness': 'auto' or an integer 0..19, got {config.engine_niceness!r}")
     url = config.server_ready_url.strip()
     if url not in ("auto", "off") and not url.startswith(("http://", "https://")):
         raise ConfigError(f"parameter 'server_ready_url': 'auto', 'off' or an http(s) URL, got {url!r}")

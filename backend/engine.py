@@ -34,12 +34,13 @@ class EngineDriver:
     def __init__(self, engine_args: dict[str, Any], *, max_queued_requests: int,
                  max_queued_prompt_tokens: int, cancel_poll_interval_s: float,
                  shutdown_grace_s: float = 10.0, stall_timeout_s: float = 0.0, sender_threads: int = 1,
-                 observer: Observer | None = None, engine_factory: Callable[[], Any] | None = None) -> None:
+                 engine_niceness: str = "auto", observer: Observer | None = None,
+                 engine_factory: Callable[[], Any] | None = None) -> None:
         self._max_queued_requests = max_queued_requests
         self._max_queued_prompt_tokens = max_queued_prompt_tokens
         self._grace_s = shutdown_grace_s
         self._stall_s = stall_timeout_s  # 0: off
-        self._lifecycle = EngineLifecycle(engine_factory or vllm_engine_factory(engine_args))
+        self._lifecycle = EngineLifecycle(engine_factory or vllm_engine_factory(engine_args), engine_niceness)
         self._sender = ResponseSender(sender_threads, cancel_poll_interval_s)
         self._observer = None if observer is None else QueuedObserver(observer, self.counts)
         # Triton unloads a decoupled model only once every request got its final response, so

@@ -69,6 +69,7 @@ class GenerationService:
             shutdown_grace_s=self.config.shutdown_grace_s,
             stall_timeout_s=self.config.engine_stall_timeout_s,
             sender_threads=self.config.response_sender_threads,
+            engine_niceness=self.config.engine_niceness,
             observer=observer,
         )
         self.info: ModelInfo = self.driver.start()

@@ -20,7 +20,7 @@ import pytest
 
 from client.triton_sync import InferenceServerException, generate
 from tests.integration.streams import OpenStream, gauge, wait_for, xfail_on_connection_reset
-from tests.servers import FrontendServer, TritonServer, engine_cores, make_repository
+from tests.servers import FrontendServer, TritonServer, engine_cores, engine_niceness, make_repository
 
 # Long enough that a "running" request is still running when checked, also on a fast CPU (the
 # tiny model writes ~5,000 tokens/s there): these servers raise the context to the model's 65,536.
@@ -181,6 +181,7 @@ def test_engine_death_fails_in_flight_requests_fast_and_the_engine_recovers(serv
     again = generate(server.grpc_url, embeds=tiny.embed(tiny.ids("recover", special=True)), sampling=GREEDY)
     assert again.token_ids == reference.token_ids
     assert _engine_core(server).pid != old.pid
+    assert all(values == {19} for values in engine_niceness(server).values()), "the new engine runs at niceness 0"
     for stream in streams:
         stream.close()
 

@@ -55,3 +55,14 @@ def test_missing_engine_args_file(tmp_path):
 def test_unknown_engine_arg():
     with pytest.raises(ConfigError, match="max_modle_len"):
         check_engine_arg_names({"model": "m", "max_modle_len": 5}, {"model", "max_model_len"})
+
+
+@pytest.mark.parametrize("value", ["auto", "0", "19", " 10 "])
+def test_engine_niceness_values(value):
+    assert parse_serving_config({"engine_niceness": value}).engine_niceness == value
+
+
+@pytest.mark.parametrize("value", ["20", "-1", "high", "", "1.5"])
+def test_bad_engine_niceness(value):
+    with pytest.raises(ConfigError, match="engine_niceness"):
+        parse_serving_config({"engine_niceness": value})
