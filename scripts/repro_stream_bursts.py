@@ -1,20 +1,29 @@
 """Do streams arrive as they are sent? Our model against a minimal decoupled Python model, same tritonserver.
 
-    python -m scripts.repro_stream_bursts            # both, 30 sequential streamed requests each
-    python -m scripts.repro_stream_bursts --only toy
+    python -m scripts.repro_stream_bursts                        # both, 30 sequential streamed requests each
+    python -m scripts.repro_stream_bursts --only ours --own-session --engine-niceness 0   # the bursts, back
+    python -m scripts.repro_stream_bursts --only ours --own-session --requests 96 --concurrency 8
 
 A request is late when its first response reaches the client after 70% of its duration (the test
 in tests/integration/test_streaming_smooth.py). The toy model streams 96 responses from a thread,
 one every 1.25 ms (about the tiny model's pace on 2 CPU cores), with a BYTES output, a thread
-polling `is_cancelled` every 50 ms and a thread keeping the GIL busy, like our stub's. Measured on
-the 2-core box with tritonserver 2.51: the toy (and simpler variants of it, also next to a CPU hog
-pinned to a core) none of 330 requests late over nine runs, our model 0 to 22 of 30 per run. A run may also end in tritonserver
-2.51's "Stream removed" reset (README, Known issues).
+polling `is_cancelled` every 50 ms and a thread keeping the GIL busy, like our stub's.
+
+What it showed on the 2-core box (tritonserver 2.51, Linux 6.18): the toy, none of 330 requests
+late over nine runs; our model, 17-58% of requests per run, while tritonserver ran in a session of
+its own and the engine at normal priority. The cause (README, "Streaming path"): vLLM's engine
+core and worker spin-wait while a request runs and hold both cores, and a client in another
+scheduler autogroup (session) got no CPU until the request ended. Dev servers now stay in their
+starter's session; `--own-session` puts tritonserver back in one of its own, as a server started
+from another terminal is, where the engine's niceness 19 (`--engine-niceness`, default auto) keeps
+sequential streams smooth. A run may also end in tritonserver 2.51's "Stream removed" reset
+(README, Known issues).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import queue
 import tempfile
 import textwrap
@@ -140,12 +149,18 @@ def run_toy(workdir: Path, requests: int) -> None:
         server.stop()
 
 
-def run_ours(workdir: Path, requests: int) -> None:
-    server = TritonServer(make_repository(workdir / "repo"), workdir / "tritonserver.log")
+def run_ours(workdir: Path, requests: int, niceness: str, own_session: bool, concurrency: int) -> None:
+    repository = make_repository(workdir / "repo", parameters={"engine_niceness": niceness})
+    server = TritonServer(repository, workdir / "tritonserver.log", own_session=own_session)
+    where = "its own session" if own_session else "this session"
+    def one(i: int) -> tuple[float, float]:
+        return timed_stream(server.grpc_url, MODEL_NAME, build_inputs(grpcclient, text=f"smooth {i}", stream=True,
+                                                                      sampling=SAMPLING))
+
     try:
-        report("vllm_model (tiny)", [
-            timed_stream(server.grpc_url, MODEL_NAME, build_inputs(grpcclient, text=f"smooth {i}", stream=True,
-                                                                   sampling=SAMPLING)) for i in range(requests)])
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, range(requests)))
+        report(f"vllm_model (tiny, engine_niceness {niceness}, tritonserver in {where}, {concurrency} streams)", results)
     finally:
         server.stop()
 
@@ -154,12 +169,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("toy", "ours"))
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--engine-niceness", default="auto", help="config.pbtxt's engine_niceness (default %(default)s)")
+    parser.add_argument("--own-session", action="store_true", help="start our tritonserver in a session of its own")
+    parser.add_argument("--concurrency", type=int, default=1, help="streams at once to our model (default 1)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stream-bursts-") as tmp:
         if args.only in (None, "toy"):
             run_toy(Path(tmp), args.requests)
         if args.only in (None, "ours"):
-            run_ours(Path(tmp), args.requests)
+            run_ours(Path(tmp), args.requests, args.engine_niceness, args.own_session, args.concurrency)
 
 
 if __name__ == "__main__":
