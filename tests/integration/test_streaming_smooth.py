@@ -4,12 +4,12 @@ Through tritonserver, with custom metrics and the cancellation poll on (the sess
 defaults), every streamed request's first response must arrive before 70% of the request's
 duration: sequentially, and with 8 streams at once.
 
-On the 2-core box these failed for sessions (0-70% of requests late per run) until the cause was
-found (README, "Streaming path"): vLLM's engine core and worker spin-wait on each other while a
-request runs and hold both cores, and the test client, in a scheduler autogroup (session) of its
-own, got no CPU until the request ended, though the server sent every response on time. Dev
-servers now stay in their starter's session (scripts/devservers.py), and a CPU engine runs at
-niceness 19 (config.pbtxt's engine_niceness), which the last test checks.
+On the 2-core box these failed (0-70% of requests late per run) until the cause was found
+(README, "Streaming path"): vLLM's engine core and worker spin-wait on each other while a request
+runs and hold both cores, and the test client, in a scheduler autogroup (session) of its own, got
+no CPU until the request ended, though the server sent every response on time. Dev servers now
+stay in their starter's session (scripts/devservers.py), and a CPU engine runs at niceness 19
+(config.pbtxt's engine_niceness), which the last test checks.
 """
 
 from __future__ import annotations
@@ -57,15 +57,10 @@ def timed_stream(url: str, text: str) -> tuple[float, float, int, int]:
         client.close()
 
 
-def late(results: list[tuple[float, float, int, int]]) -> list[tuple[float, float, int]]:
-    """(first, total seconds, responses) of the requests whose first response came after LATE of their time."""
-    assert all(tokens == TOKENS for *_, tokens in results)
-    return [(round(first, 3), round(total, 3), n) for first, total, n, _ in results if first > LATE * total]
-
-
 def _check(results: list[tuple[float, float, int, int]]) -> None:
-    bursts = late(results)
-    assert not bursts, f"{len(bursts)} of {len(results)} requests delivered their first response late: {bursts[:5]}"
+    assert all(tokens == TOKENS for *_, tokens in results)
+    late = [(round(first, 3), round(total, 3), n) for first, total, n, _ in results if first > LATE * total]
+    assert not late, f"{len(late)} of {len(results)} requests delivered their first response late: {late[:5]}"
 
 
 def test_sequential_streams_arrive_as_generated(triton):
