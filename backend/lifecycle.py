@@ -21,6 +21,8 @@ import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import psutil
+
 from backend.types import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ def engine_processes(engine: Any) -> list[int]:
     manager = getattr(getattr(getattr(engine, "engine_core", None), "resources", None), "engine_manager", None)
     pids = [p.pid for p in getattr(manager, "processes", []) if p.pid is not None]
     try:
-        import psutil
-
         pids += [c.pid for pid in list(pids) if psutil.pid_exists(pid)
                  for c in psutil.Process(pid).children(recursive=True)]
     except Exception:  # noqa: BLE001 - a process that exited meanwhile has no children to kill
@@ -70,8 +70,6 @@ def renice(pids: Iterable[int], niceness: int) -> int:
     every thread is set, twice over, for one started meanwhile by a thread not set yet. A thread's
     niceness is only ever raised (lowering it takes a privilege).
     """
-    import psutil
-
     changed = 0
     for _ in range(2):
         for pid in pids:

@@ -67,8 +67,6 @@ def free_port() -> int:
 PORT_ATTEMPTS = 3
 
 
-
-
 def engine_args(model: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model's engine arguments (model.json), with `model` and `overrides` applied."""
     args = json.loads(MODEL_JSON.read_text())

@@ -391,7 +391,6 @@ def test_client_disconnect_cancels_triton_request(frontend, triton) -> None:
     assert _wait_for(lambda: _cancelled_count(triton) >= before + 2), "non-streaming request not cancelled"
 
 
-
 def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(triton, tmp_path, monkeypatch) -> None:
     """free_port's race (another process binds the port first) restarts the server on another port."""
     import socket
