@@ -298,6 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                               "default: the nvidia-pytriton wheel via backend.launcher")
     p.add_argument("--triton-parameters", default="{}",
                    help='JSON of config.pbtxt parameter overrides, e.g. \'{"cancel_poll_interval_s": "3600"}\'')
+    p.add_argument("--frontend-args", default="", help="extra options for the frontend started, e.g. '--workers 2'")
     p.add_argument("--vllm-url", help="target a running vLLM server instead of starting one")
     p.add_argument("--triton-url", help="target a running tritonserver (gRPC host:port)")
     p.add_argument("--frontend-url", help="target a running frontend")
@@ -424,7 +425,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Model: `{meta['model']['path']}` ({meta['model']['shape']}). Engine arguments (all paths): "
              f"`{json.dumps(meta['engine_args'])}`."
              + (f" Triton model parameters overridden: `{json.dumps(meta['triton_parameters'])}`."
-                if meta.get("triton_parameters") else ""), "",
+                if meta.get("triton_parameters") else "")
+             + (f" Frontend options: `{meta['frontend_args']}`." if meta.get("frontend_args") else ""), "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.", "",
              f"Workload: prompt_embeds of {meta['settings']['prompt_lens']} tokens (distinct per request), "
              f"{meta['settings']['output_tokens']} output tokens (ignore_eos), concurrency "
@@ -533,7 +535,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if {"triton", "frontend"} & set(group_paths) and "triton" not in urls:
                 urls["triton"] = servers.triton(engine, args.parameters or None)
             if "frontend" in group_paths and "frontend" not in urls:
-                urls["frontend"] = servers.frontend(urls["triton"])
+                urls["frontend"] = servers.frontend(urls["triton"], *shlex.split(args.frontend_args))
             cells += asyncio.run(measure(group_paths, urls, args, source))
     rows = summarize(cells)
     return {
@@ -544,7 +546,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_after": [round(x, 2) for x in os.getloadavg()],
             "versions": versions(args.python),
             "model": {"path": args.model, "shape": model_shape(args.model), "hidden_size": source.hidden_size},
-            "engine_args": engine, "triton_parameters": args.parameters, "paths": paths, "not_run": not_run,
+            "engine_args": engine, "triton_parameters": args.parameters,
+            "frontend_args": args.frontend_args, "paths": paths, "not_run": not_run,
             "settings": {"prompt_lens": args.prompt_lens, "concurrency": args.concurrency,
                          "output_tokens": args.output_tokens, "requests": args.requests,
                          "repeats": args.repeats,

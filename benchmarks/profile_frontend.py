@@ -17,7 +17,6 @@ import argparse
 import collections
 import json
 import logging
-import os
 import shlex
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.servers import REPO_ROOT, Process, Servers, engine_args, free_port
+from benchmarks.servers import REPO_ROOT, Servers, engine_args
 
 logger = logging.getLogger("profile_frontend")
 TINY_MODEL = REPO_ROOT / "build" / "tiny-model"
@@ -119,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="per measured run (the load runs twice: warm, then sampled)")
     p.add_argument("--duration", type=int, default=15, help="seconds of sampling")
     p.add_argument("--frontend-args", default="", help="extra frontend options, e.g. '--workers 2'")
+    p.add_argument("--triton-parameters", default="{}", help="JSON of config.pbtxt parameter overrides")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "profile")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -128,15 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     raw = workdir / "frontend.txt"
 
     with Servers(workdir) as servers:
-        triton_url = servers.triton(engine_args(args.model))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        frontend = Process([sys.executable, "-m", "client.frontend", "--triton-url", triton_url, "--host", "127.0.0.1",
-                            "--port", str(port), "--model-path", args.model, *shlex.split(args.frontend_args)],
-                           env, workdir / "frontend.log")
-        servers.processes.append(frontend)
-        frontend.wait_until(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, "frontend")
+        triton_url = servers.triton(engine_args(args.model), json.loads(args.triton_parameters) or None)
+        url = servers.frontend(triton_url, "--model-path", args.model, *shlex.split(args.frontend_args))
+        frontend = servers.processes[-1]
         load_argv = [sys.executable, "-m", "benchmarks.bench_serving", "--paths", "frontend", "--frontend-url", url,
                      "--model", args.model, "--prompt-lens", str(args.prompt_len), "--concurrency",
                      str(args.concurrency), "--output-tokens", str(args.output_tokens), "--requests",
@@ -166,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"({cpu / wall:.2f} cores; py-spy's own overhead included).\n\n")
     summary = (f"# Frontend profile: {args.name}\n\nLoad: streamed /v1/completions with prompt_embeds of "
                f"{args.prompt_len} rows, concurrency {args.concurrency}, {args.output_tokens} output tokens; "
-               f"frontend options `{args.frontend_args or '(defaults)'}`; py-spy {args.duration}s at 200 Hz on "
+               f"frontend options `{args.frontend_args or '(defaults)'}`, config.pbtxt overrides "
+               f"`{args.triton_parameters}`; py-spy {args.duration}s at 200 Hz on "
                f"every frontend process, GIL-holding samples only.\n\n" + throughput + summarize(raw))
     (args.out_dir / f"frontend-{args.name}.md").write_text(summary)
     print(summary)
