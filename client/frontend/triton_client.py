@@ -247,6 +247,7 @@ class TritonClient:
         self._ids = itertools.count()
         self._metrics_url = metrics_url
         self._http = httpx.AsyncClient(timeout=2.0) if metrics_url else None
+        self._closing: set[Any] = set()  # finished requests' calls, until Triton's status ends them
 
     async def close(self) -> None:
         await self._client.close()
@@ -303,13 +304,11 @@ class TritonClient:
         raise APIError(503, "the inference server closed the stream before answering model_info")
 
     async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
-        done = asyncio.Event()
         message = {"model_name": self._model, "inputs": triton_inputs(request),
                    "request_id": f"frontend-{next(self._ids)}"}
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
-            yield message
-            await done.wait()  # keep our side of the stream open until the final response
+            yield message  # then half-close: Triton ends the stream (status OK) after the final response
 
         call = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
         finished = False
@@ -324,9 +323,10 @@ class TritonClient:
                     ended.add(delta.index)
                 # One choice's finish reason ends the request only when every choice has ended.
                 delta.final = len(ended) >= request.choices or _final_flag(result)
+                # Before the yield: a consumer may stop at the final delta and close this generator.
+                finished = delta.final
                 yield delta
                 if delta.final:
-                    finished = True
                     return
             finished = True
             raise APIError(500, "the inference server closed the stream before the final response")
@@ -337,7 +337,17 @@ class TritonClient:
             finished = True
             raise from_triton_message(str(exc.message())) from None
         finally:
-            done.set()
-            if not finished:
+            if finished:
+                self._hold_until_closed(call)
+            else:
                 # Left early (client gone, cancelled task): cancel the RPC so Triton cancels the request.
                 call.cancel()
+
+    def _hold_until_closed(self, call: Any) -> None:
+        """Keep a finished request's gRPC call until its status arrives. One dropped before that is
+        cancelled when garbage-collected: a needless cancel that the frontend and Triton both pay for."""
+        grpc_call = getattr(call, "_grpc_call", None)  # the grpc.aio call inside tritonclient's iterator
+        if grpc_call is None or grpc_call.done():
+            return
+        self._closing.add(grpc_call)
+        grpc_call.add_done_callback(self._closing.discard)

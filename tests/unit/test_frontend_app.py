@@ -385,6 +385,29 @@ def test_token_id_prompts_go_untouched_and_echo_decodes_them_in_the_pool(monkeyp
     assert threads and all(name.startswith("embeds-decode") for name in threads)
 
 
+def test_small_payloads_decode_on_the_loop_and_large_ones_in_the_pool(monkeypatch) -> None:
+    from client.frontend import generation
+
+    threads = []
+    original = generation.decode_request_embeds
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "decode_request_embeds", recording)
+    small = encode_prompt_embeds(torch.randn(4, HIDDEN))
+    large_rows = generation.INLINE_DECODE_BYTES // (HIDDEN * 3) + 1  # fp32, base64: more than 4 bytes a value
+    large = encode_prompt_embeds(torch.randn(large_rows, HIDDEN))
+    assert len(small) <= generation.INLINE_DECODE_BYTES < len(large)
+    client, fake = make_client()
+    with client:
+        for payload in (small, large):
+            assert client.post("/v1/completions", json={"prompt_embeds": payload}).status_code == 200
+    assert not threads[0].startswith("embeds-decode") and threads[1].startswith("embeds-decode")
+    assert [tuple(r.embeds.shape) for r in fake.requests] == [(4, HIDDEN), (large_rows, HIDDEN)]
+
+
 # -- the Triton boundary: what is sent and how responses are read --------------------------------
 
 
@@ -421,6 +444,79 @@ def test_read_delta_from_raw_outputs(outputs: dict, expected: Delta) -> None:
 
 def test_final_flag_without_outputs() -> None:
     assert read_delta(_infer_result({}, final=True)) == Delta("", 0, None, None, True)
+
+
+class _FakeGrpcCall:
+    """The grpc.aio call inside tritonclient's stream iterator: done once Triton's status arrives."""
+
+    def __init__(self) -> None:
+        self.finished, self.callbacks = False, []
+
+    def done(self) -> bool:
+        return self.finished
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def finish(self) -> None:
+        self.finished = True
+        for callback in self.callbacks:
+            callback(self)
+
+
+class _FakeStream:
+    """tritonclient.grpc.aio's stream_infer iterator over canned responses."""
+
+    def __init__(self, results: list[Any]) -> None:
+        self.results, self.cancelled, self._grpc_call = list(results), False, _FakeGrpcCall()
+
+    def __aiter__(self) -> _FakeStream:
+        return self
+
+    async def __anext__(self) -> tuple[Any, None]:
+        if not self.results:
+            raise StopAsyncIteration
+        return self.results.pop(0), None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_finished_request_is_not_cancelled_and_one_left_early_is() -> None:
+    """A finished request's call is held until Triton's status ends it (dropped sooner, grpc would cancel
+    it when collected); a request the frontend leaves early is cancelled, so Triton cancels it too."""
+    from client.frontend.triton_client import TritonClient
+
+    def results() -> list[Any]:
+        text = {"text_output": np.array([b"a"], dtype=np.object_)}
+        return [_infer_result(text), _infer_result({**text, "finish_reason": np.array([b"length"], dtype=np.object_)},
+                                                   final=True)]
+
+    async def run() -> None:
+        client, calls = TritonClient("localhost:1", "vllm_model"), []
+
+        def stream_infer(requests: Any, stream_timeout: float) -> _FakeStream:
+            calls.append(_FakeStream(results()))
+            return calls[-1]
+
+        client._client.stream_infer = stream_infer
+        request = TritonRequest(sampling={}, text="hi", stream=True)
+        streams = ChoiceStreams(client, [request])  # as the routes read: up to the final delta, then close
+        await streams.start()
+        texts = [delta.text for batch in [b async for b in streams.batches()] for _, delta in batch]
+        await streams.close()
+        assert "".join(texts) == "aa" and not calls[0].cancelled
+        assert client._closing == {calls[0]._grpc_call}
+        calls[0]._grpc_call.finish()
+        assert not client._closing
+
+        early = client.generate(request)
+        await anext(early)
+        await early.aclose()
+        assert calls[1].cancelled and not client._closing
+        await client.close()
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("dtype, name", [(torch.float32, "prompt_embeds"), (torch.float16, "prompt_embeds_fp16"),
