@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.server_cpu import cpu_split
 from loadtest.workload import DEFAULT_MODEL, EmbeddingSource, encode_embeds, require_local, sampling
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class Cell:
     client_cpu_share: float  # client CPU seconds / wall seconds (1.0 = one core busy)
     prep_ms_per_req: float  # payload encoding before the clock (not in the timings)
     first_error: str | None = None
+    # CPU of the path's servers per output token (benchmarks/server_cpu.py), when this run started
+    # them: the serving processes, and vLLM's engine processes (their spin-waiting included).
+    server_cpu_us_per_tok: float = float("nan")
+    engine_cpu_us_per_tok: float = float("nan")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -231,8 +236,11 @@ def _check(result: RequestResult, finish: str | None, expected_tokens: int) -> b
 
 
 async def run_cell(client: Any, path: str, source: EmbeddingSource, prompt_len: int, concurrency: int,
-                   requests: int, repeat: int) -> Cell:
-    """`requests` requests, at most `concurrency` in flight, each with distinct embeddings."""
+                   requests: int, repeat: int, server_pids: list[int] | None = None) -> Cell:
+    """`requests` requests, at most `concurrency` in flight, each with distinct embeddings.
+
+    `server_pids`: the path's server processes, whose CPU (and their children's) is read around the cell.
+    """
     t_prep = time.perf_counter()
     payloads = [client.prepare(source.embeds(prompt_len)) for _ in range(requests)]
     prep_ms = (time.perf_counter() - t_prep) * 1000 / requests
@@ -245,9 +253,11 @@ async def run_cell(client: Any, path: str, source: EmbeddingSource, prompt_len: 
         while not queue.empty():
             results.append(await client.send(queue.get_nowait()))
 
+    servers0 = cpu_split(server_pids) if server_pids else None
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    servers = cpu_split(server_pids) - servers0 if server_pids else None
     good = [r for r in results if r.ok]
     ttfts = [r.ttft_s * 1000 for r in good if r.ttft_s is not None]
     itls = []
@@ -259,15 +269,19 @@ async def run_cell(client: Any, path: str, source: EmbeddingSource, prompt_len: 
     tpots = [(r.latency_s - r.ttft_s) * 1000 / (r.output_tokens - 1)
              for r in good if r.ttft_s is not None and r.output_tokens > 1]
     errors = [r for r in results if not r.ok]
+    tokens = sum(r.output_tokens for r in good)
+    per_token = (lambda seconds: seconds * 1e6 / tokens) if servers and tokens else (lambda seconds: float("nan"))
     return Cell(
         path=path, prompt_len=prompt_len, concurrency=concurrency, repeat=repeat, requests=len(results),
         errors=len(errors), wall_s=wall,
         ttft_p50_ms=_pct(ttfts, 50), ttft_p99_ms=_pct(ttfts, 99),
         itl_p50_ms=_pct(itls, 50), itl_p99_ms=_pct(itls, 99),
         tpot_p50_ms=_pct(tpots, 50), tpot_p99_ms=_pct(tpots, 99),
-        output_tok_s=sum(r.output_tokens for r in good) / wall, req_s=len(good) / wall,
+        output_tok_s=tokens / wall, req_s=len(good) / wall,
         client_cpu_ms_per_req=cpu * 1000 / max(1, len(results)), client_cpu_share=cpu / wall,
         prep_ms_per_req=prep_ms, first_error=errors[0].error if errors else None,
+        server_cpu_us_per_tok=per_token(servers.serving_s) if servers else float("nan"),
+        engine_cpu_us_per_tok=per_token(servers.engine_s) if servers else float("nan"),
     )
 
 
@@ -342,8 +356,9 @@ async def _client(path: str, urls: dict[str, str], args: argparse.Namespace) -> 
 
 
 async def measure(paths: list[str], urls: dict[str, str], args: argparse.Namespace,
-                  source: EmbeddingSource) -> list[Cell]:
+                  source: EmbeddingSource, server_pids: dict[str, list[int]] | None = None) -> list[Cell]:
     """Warm each path up, then every (repeat, prompt length, concurrency), rotating the path order."""
+    server_pids = server_pids or {}
     clients = {path: await _client(path, urls, args) for path in paths}
     cells: list[Cell] = []
     try:
@@ -357,7 +372,8 @@ async def measure(paths: list[str], urls: dict[str, str], args: argparse.Namespa
                     order = paths[repeat % len(paths):] + paths[:repeat % len(paths)]
                     for path in order:
                         n = max(args.requests, 2 * concurrency)
-                        cell = await run_cell(clients[path], path, source, prompt_len, concurrency, n, repeat)
+                        cell = await run_cell(clients[path], path, source, prompt_len, concurrency, n, repeat,
+                                              server_pids.get(path))
                         cells.append(cell)
                         logger.info("r%d %-8s len %5d c %3d: ttft p50 %8.1f ms, itl p50 %6.2f ms, %7.1f tok/s,"
                                     " %d errors %s", repeat, path, prompt_len, concurrency, cell.ttft_p50_ms,
@@ -371,7 +387,8 @@ async def measure(paths: list[str], urls: dict[str, str], args: argparse.Namespa
 def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
     """Median over repeats per (prompt length, concurrency, path), with ratios to vLLM's server."""
     keys = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
-            "output_tok_s", "req_s", "client_cpu_ms_per_req", "client_cpu_share", "prep_ms_per_req")
+            "output_tok_s", "req_s", "client_cpu_ms_per_req", "client_cpu_share", "prep_ms_per_req",
+            "server_cpu_us_per_tok", "engine_cpu_us_per_tok")
     groups: dict[tuple[int, int, str], list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.prompt_len, cell.concurrency, cell.path), []).append(cell)
@@ -434,8 +451,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"servers {meta['settings']['server_mode']}. Paths: {', '.join(meta['paths'])}"
              + (f"; not run: {meta['not_run']}" if meta.get("not_run") else "") + ".", "",
              "| prompt | conc | path | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | TPOT p50 ms | out tok/s | req/s |"
-             " tok/s vs vLLM | TTFT vs vLLM | errors | client CPU ms/req | client prep ms/req |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " tok/s vs vLLM | TTFT vs vLLM | errors | client CPU ms/req | client prep ms/req |"
+             " server CPU µs/tok | engine CPU µs/tok |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["summary"]:
         lines.append(
             f"| {r['prompt_len']} | {r['concurrency']} | {r['path']} | {_fmt(r['ttft_p50_ms'])} | "
@@ -443,8 +461,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_fmt(r['tpot_p50_ms'], 2)} | "
             f"{_fmt(r['output_tok_s'])} | {_fmt(r['req_s'], 2)} | {_fmt(r['tok_s_ratio'], 2)} | "
             f"{_fmt(r['ttft_ratio'], 2)} | {r['errors']} | {_fmt(r['client_cpu_ms_per_req'])} | "
-            f"{_fmt(r['prep_ms_per_req'])} |")
-    lines += ["", "Targets:", ""]
+            f"{_fmt(r['prep_ms_per_req'])} | {_fmt(r.get('server_cpu_us_per_tok'), 0)} | "
+            f"{_fmt(r.get('engine_cpu_us_per_tok'), 0)} |")
+    lines += ["", ("Server CPU: the path's processes other than vLLM's engine (vLLM's API server; tritonserver and "
+                   "the model's stub; the frontend plus those two), per output token; engine CPU: vLLM's engine "
+                   "core and worker processes, spin-waiting included (benchmarks/server_cpu.py). '-': servers "
+                   "not started by this run."), "", "Targets:", ""]
     for v in report["verdicts"]:
         lines.append(f"- {'met' if v['met'] else 'MISSED'}: {v['target']}: {v['value']:.2f}x")
     return "\n".join(lines) + "\n"
@@ -530,13 +552,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         with Servers(workdir, python=python, tritonserver_cmd=tritonserver) as servers:
             urls = dict(given)
+            pids: dict[str, list[int]] = {}  # the servers started here, for their CPU per cell
             if "vllm" in group_paths and "vllm" not in urls:
                 urls["vllm"] = servers.vllm(engine)
+                pids["vllm"] = [servers.processes[-1].pid]
             if {"triton", "frontend"} & set(group_paths) and "triton" not in urls:
                 urls["triton"] = servers.triton(engine, args.parameters or None)
+                pids["triton"] = [servers.processes[-1].pid]
             if "frontend" in group_paths and "frontend" not in urls:
                 urls["frontend"] = servers.frontend(urls["triton"], *shlex.split(args.frontend_args))
-            cells += asyncio.run(measure(group_paths, urls, args, source))
+                if "triton" in pids:  # the frontend's CPU and that of the tritonserver behind it
+                    pids["frontend"] = [servers.processes[-1].pid, *pids["triton"]]
+            cells += asyncio.run(measure(group_paths, urls, args, source, pids))
     rows = summarize(cells)
     return {
         "name": args.name,
