@@ -94,7 +94,9 @@ def _check_torch_zip(raw: bytes, parameter: str) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError):
+    # zipfile raises NotImplementedError for a version or feature it lacks (a flipped header byte).
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError, OSError,
+            struct.error):
         raise ValidationError(parameter, "is not a valid torch.save archive (truncated?)") from None
     if not entries or len(entries) > MAX_ZIP_ENTRIES:
         raise ValidationError(parameter, f"archive has {len(entries)} entries; expected one tensor")
