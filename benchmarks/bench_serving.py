@@ -270,7 +270,10 @@ async def run_cell(client: Any, path: str, source: EmbeddingSource, prompt_len: 
              for r in good if r.ttft_s is not None and r.output_tokens > 1]
     errors = [r for r in results if not r.ok]
     tokens = sum(r.output_tokens for r in good)
-    per_token = (lambda seconds: seconds * 1e6 / tokens) if servers and tokens else (lambda seconds: float("nan"))
+
+    def per_token_us(seconds: float | None) -> float:
+        return seconds * 1e6 / tokens if seconds is not None and tokens else float("nan")
+
     return Cell(
         path=path, prompt_len=prompt_len, concurrency=concurrency, repeat=repeat, requests=len(results),
         errors=len(errors), wall_s=wall,
@@ -280,8 +283,8 @@ async def run_cell(client: Any, path: str, source: EmbeddingSource, prompt_len: 
         output_tok_s=tokens / wall, req_s=len(good) / wall,
         client_cpu_ms_per_req=cpu * 1000 / max(1, len(results)), client_cpu_share=cpu / wall,
         prep_ms_per_req=prep_ms, first_error=errors[0].error if errors else None,
-        server_cpu_us_per_tok=per_token(servers.serving_s) if servers else float("nan"),
-        engine_cpu_us_per_tok=per_token(servers.engine_s) if servers else float("nan"),
+        server_cpu_us_per_tok=per_token_us(servers and servers.serving_s),
+        engine_cpu_us_per_tok=per_token_us(servers and servers.engine_s),
     )
 
 
