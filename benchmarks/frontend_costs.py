@@ -27,10 +27,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
+import httpx
 import torch
 
 from benchmarks.bench_serving import machine_info
+from benchmarks.server_cpu import cpu_split
 from benchmarks.servers import REPO_ROOT, Servers, engine_args
 from client.frontend.triton_client import TritonClient, TritonRequest, read_delta, triton_inputs
 from client.triton_inputs import MODEL_NAME
@@ -185,19 +186,16 @@ def http_side(args: argparse.Namespace, hidden: int, workdir: Path) -> dict[str,
     url = f"http://{LOOPBACK}:{port}"
     values = []
     try:
-        import httpx
-
         server.wait_until(lambda: httpx.get(f"{url}/v1/models", timeout=2).status_code == 200, "fake frontend")
-        process = psutil.Process(server.pid)
         for repeat in range(args.repeats):
-            cpu0 = sum(process.cpu_times()[:2])
+            cpu0 = cpu_split([server.pid])
             subprocess.run([sys.executable, "-m", "benchmarks.bench_serving", "--paths", "frontend",
                             "--frontend-url", url, "--served-model", "fake", "--hidden-size", str(hidden),
                             "--prompt-lens", str(args.prompt_len), "--concurrency", str(args.concurrency),
                             "--output-tokens", str(args.output_tokens), "--requests", str(args.requests),
                             "--repeats", "1", "--name", f"http-{repeat}", "--out-dir", str(workdir)],
                            cwd=REPO_ROOT, check=True, capture_output=True)
-            cpu = sum(process.cpu_times()[:2]) - cpu0
+            cpu = (cpu_split([server.pid]) - cpu0).serving_s
             cells = json.loads((workdir / f"http-{repeat}.json").read_text())["cells"]
             tokens = sum(round(c["output_tok_s"] * c["wall_s"]) for c in cells)  # warm-up cells included
             values.append(cpu * 1e6 / max(1, tokens))
