@@ -87,6 +87,9 @@ class Cell:
     # them: the serving processes, and vLLM's engine processes (their spin-waiting included).
     server_cpu_us_per_tok: float = float("nan")
     engine_cpu_us_per_tok: float = float("nan")
+    # Output tokens per streamed chunk (SSE event or Triton response): above 1 when a server merges
+    # several engine steps into one message because its consumer fell behind.
+    tokens_per_chunk: float = float("nan")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -196,6 +199,7 @@ class TritonPath:
         result = RequestResult(ok=False)
         finish = None
         stream = self.client.stream_infer(one_request())
+        ended = False  # Triton closed the stream (status OK after the final response): nothing to cancel
         try:
             async for response, error in stream:
                 now = time.perf_counter() - start
@@ -209,14 +213,18 @@ class TritonPath:
                 result.output_tokens += int(n_out.reshape(-1)[0]) if n_out is not None else 0
                 reason = response.as_numpy("finish_reason")
                 if reason is not None and reason.reshape(-1)[0]:
-                    finish = reason.reshape(-1)[0].decode()
-                    break  # the final response carries the finish reason
+                    finish = reason.reshape(-1)[0].decode()  # the final response carries the finish reason
+                    result.latency_s = now
+            # The request stream half-closed after its one message, so Triton ends the call after
+            # the final response: read to that end rather than cancel a finished request (a cancel
+            # costs tritonserver work that the server CPU columns would count).
+            ended = True
         except Exception as exc:  # noqa: BLE001 - a failed request is a result, not a crash
             result.error = f"{type(exc).__name__}: {str(exc)[:200]}"
             return result
         finally:
-            stream.cancel()  # ends the gRPC call; the request itself is complete
-        result.latency_s = time.perf_counter() - start
+            if not ended:
+                stream.cancel()
         result.ok = _check(result, finish, self.output_tokens)
         return result
 
@@ -270,6 +278,7 @@ async def run_cell(client: Any, path: str, source: EmbeddingSource, prompt_len: 
              for r in good if r.ttft_s is not None and r.output_tokens > 1]
     errors = [r for r in results if not r.ok]
     tokens = sum(r.output_tokens for r in good)
+    chunks = sum(len(r.chunk_times_s) for r in good)
 
     def per_token_us(seconds: float | None) -> float:
         return seconds * 1e6 / tokens if seconds is not None and tokens else float("nan")
@@ -285,6 +294,7 @@ async def run_cell(client: Any, path: str, source: EmbeddingSource, prompt_len: 
         prep_ms_per_req=prep_ms, first_error=errors[0].error if errors else None,
         server_cpu_us_per_tok=per_token_us(servers and servers.serving_s),
         engine_cpu_us_per_tok=per_token_us(servers and servers.engine_s),
+        tokens_per_chunk=tokens / chunks if chunks else float("nan"),
     )
 
 
@@ -391,7 +401,7 @@ def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
     """Median over repeats per (prompt length, concurrency, path), with ratios to vLLM's server."""
     keys = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
             "output_tok_s", "req_s", "client_cpu_ms_per_req", "client_cpu_share", "prep_ms_per_req",
-            "server_cpu_us_per_tok", "engine_cpu_us_per_tok")
+            "server_cpu_us_per_tok", "engine_cpu_us_per_tok", "tokens_per_chunk")
     groups: dict[tuple[int, int, str], list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.prompt_len, cell.concurrency, cell.path), []).append(cell)
@@ -455,8 +465,8 @@ def markdown(report: dict[str, Any]) -> str:
              + (f"; not run: {meta['not_run']}" if meta.get("not_run") else "") + ".", "",
              "| prompt | conc | path | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | TPOT p50 ms | out tok/s | req/s |"
              " tok/s vs vLLM | TTFT vs vLLM | errors | client CPU ms/req | client prep ms/req |"
-             " server CPU µs/tok | engine CPU µs/tok |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " server CPU µs/tok | engine CPU µs/tok | tok/chunk |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["summary"]:
         lines.append(
             f"| {r['prompt_len']} | {r['concurrency']} | {r['path']} | {_fmt(r['ttft_p50_ms'])} | "
@@ -465,10 +475,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_fmt(r['output_tok_s'])} | {_fmt(r['req_s'], 2)} | {_fmt(r['tok_s_ratio'], 2)} | "
             f"{_fmt(r['ttft_ratio'], 2)} | {r['errors']} | {_fmt(r['client_cpu_ms_per_req'])} | "
             f"{_fmt(r['prep_ms_per_req'])} | {_fmt(r.get('server_cpu_us_per_tok'), 0)} | "
-            f"{_fmt(r.get('engine_cpu_us_per_tok'), 0)} |")
+            f"{_fmt(r.get('engine_cpu_us_per_tok'), 0)} | {_fmt(r.get('tokens_per_chunk'), 2)} |")
     lines += ["", ("Server CPU: the path's processes other than vLLM's engine (vLLM's API server; tritonserver and "
                    "the model's stub; the frontend plus those two), per output token; engine CPU: vLLM's engine "
-                   "core and worker processes, spin-waiting included (benchmarks/server_cpu.py). '-': servers "
+                   "core and worker processes, spin-waiting included (benchmarks/server_cpu.py). tok/chunk: output "
+                   "tokens per streamed SSE event or Triton response (above 1: steps merged). '-': servers "
                    "not started by this run."), "", "Targets:", ""]
     for v in report["verdicts"]:
         lines.append(f"- {'met' if v['met'] else 'MISSED'}: {v['target']}: {v['value']:.2f}x")
