@@ -623,3 +623,24 @@ def test_a_serving_process_runs_torch_on_one_thread() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert out.split()[-1] == "1"
+
+
+class PartialCharacterClient(FakeClient):
+    """A byte-level model's steps: the first two end inside a UTF-8 character (no text yet)."""
+
+    async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
+        for i, piece in enumerate(["", "", "é", "", "x"]):
+            yield Delta(text=piece, num_output_tokens=1, num_input_tokens=3 if i == 4 else None,
+                        finish_reason="length" if i == 4 else None, final=i == 4)
+            await asyncio.sleep(0.005)  # one engine step: the consumer keeps up, nothing is merged
+
+
+def test_a_choices_first_step_is_streamed_even_without_text_and_later_empty_ones_wait() -> None:
+    fake = PartialCharacterClient()
+    app = create_app(FrontendConfig(hidden_size=HIDDEN), client_factory=lambda: fake)
+    with TestClient(app) as client:
+        response = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 5, "stream": True,
+                                                        "stream_options": {"include_usage": True}})
+    events = sse(response)
+    assert [e["choices"][0]["text"] for e in events[:-2]] == ["", "é", "x"]  # no chunk for steps 2 and 4
+    assert events[-2]["usage"]["completion_tokens"] == 5 and events[-1] == "[DONE]"

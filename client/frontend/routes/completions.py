@@ -128,7 +128,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         prompt_counts[index] = delta.num_input_tokens or prompt_counts[index]
         first, echoed[index] = not echoed[index], True
         text = echoes[index] + delta.text if first else delta.text
-        if not text and not delta.finish_reason and not delta.token_ids:
+        # A step with no text yet (a partial UTF-8 character) waits for the next chunk, except a
+        # choice's first: it goes out at once, as vLLM streams every step, so the stream's first
+        # chunk marks the first token (the time TTFT tools read) whatever its text.
+        if not first and not text and not delta.finish_reason and not delta.token_ids:
             return b""
         # The choice's first chunk echoes the prompt, and its logprobs come first (as vLLM streams them).
         return chunks.chunk(index, text, delta.finish_reason, logprobs_of(index, delta, first and bool(body.echo)))
