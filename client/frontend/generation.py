@@ -361,7 +361,9 @@ async def sse_stream(
             if first and any(delta.text for _, delta in batch):
                 state.metrics.first_token.labels(endpoint).observe(time.perf_counter() - started)
                 first = False
-            yield b"".join([render(index, delta) for index, delta in batch])
+            data = b"".join([render(index, delta) for index, delta in batch])
+            if data:  # steps with nothing to show yet (no text, no end) cost no write
+                yield data
         tail = b"".join(finish())
         if tail:
             yield tail
