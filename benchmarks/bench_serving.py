@@ -88,7 +88,8 @@ class Cell:
     server_cpu_us_per_tok: float = float("nan")
     engine_cpu_us_per_tok: float = float("nan")
     # Output tokens per streamed chunk (SSE event or Triton response): above 1 when a server merges
-    # several engine steps into one message because its consumer fell behind.
+    # several engine steps into one message because its consumer fell behind, or sends no chunk for
+    # a step without text yet (a partial UTF-8 character).
     tokens_per_chunk: float = float("nan")
 
 
@@ -479,7 +480,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", ("Server CPU: the path's processes other than vLLM's engine (vLLM's API server; tritonserver and "
                    "the model's stub; the frontend plus those two), per output token; engine CPU: vLLM's engine "
                    "core and worker processes, spin-waiting included (benchmarks/server_cpu.py). tok/chunk: output "
-                   "tokens per streamed SSE event or Triton response (above 1: steps merged). '-': servers "
+                   "tokens per streamed SSE event or Triton response (above 1: steps merged, or steps "
+                   "without text not sent). '-': servers "
                    "not started by this run."), "", "Targets:", ""]
     for v in report["verdicts"]:
         lines.append(f"- {'met' if v['met'] else 'MISSED'}: {v['target']}: {v['value']:.2f}x")
