@@ -84,10 +84,7 @@ def test_cancelling_a_queued_request_that_has_no_token_yet(server):
     queued.close()
 
 
-@pytest.mark.xfail(reason="open: on this box the queued streams here are lost to tritonserver 2.51's gRPC "
-                          "connection resets before the third request arrives, which is then admitted; "
-                          "admission control itself is unit-tested (tests/unit/test_engine_driver.py)", strict=False)
-@xfail_on_connection_reset
+@xfail_on_connection_reset  # tritonserver 2.51 can drop the queued streams, and then admits the third
 def test_overload_is_refused_at_once(server):
     running = OpenStream(server.grpc_url, text="busy", sampling=LONG)
     running.wait_responses(2)
