@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.server_cpu import cpu_split
+from benchmarks.server_cpu import cpu_split, parse_cpus, pin_serving
 from loadtest.workload import DEFAULT_MODEL, EmbeddingSource, encode_embeds, require_local, sampling
 
 logger = logging.getLogger(__name__)
@@ -334,6 +334,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sequential", action="store_true",
                    help="run vLLM's server, then Triton+frontend, one at a time (default: all up, interleaved)")
     p.add_argument("--workdir", type=Path, help="server logs (default results/tmp/bench-<name>)")
+    p.add_argument("--serving-cpus", type=parse_cpus,
+                   help="keep the serving processes of every server started here (vLLM's API server, "
+                        "tritonserver and the stub, the frontend; not vLLM's engines) on these CPUs, e.g. "
+                        "'1' beside vLLM's CPU worker bound to core 0")
     args = p.parse_args(argv)
     args.paths = [x for x in args.paths.split(",") if x]
     unknown = set(args.paths) - set(PATHS)
@@ -457,7 +461,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"`{json.dumps(meta['engine_args'])}`."
              + (f" Triton model parameters overridden: `{json.dumps(meta['triton_parameters'])}`."
                 if meta.get("triton_parameters") else "")
-             + (f" Frontend options: `{meta['frontend_args']}`." if meta.get("frontend_args") else ""), "",
+             + (f" Frontend options: `{meta['frontend_args']}`." if meta.get("frontend_args") else "")
+             + (f" Serving processes pinned to CPUs {meta['serving_cpus']} (engines not)."
+                if meta.get("serving_cpus") else ""), "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.", "",
              f"Workload: prompt_embeds of {meta['settings']['prompt_lens']} tokens (distinct per request), "
              f"{meta['settings']['output_tokens']} output tokens (ignore_eos), concurrency "
@@ -579,6 +585,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 urls["frontend"] = servers.frontend(urls["triton"], *shlex.split(args.frontend_args))
                 if "triton" in pids:  # the frontend's CPU and that of the tritonserver behind it
                     pids["frontend"] = [servers.processes[-1].pid, *pids["triton"]]
+            if args.serving_cpus:  # every server started here (the processes list), engines excepted
+                pinned = pin_serving([process.pid for process in servers.processes], args.serving_cpus)
+                logger.info("%d serving threads pinned to CPUs %s", pinned, sorted(args.serving_cpus))
             cells += asyncio.run(measure(group_paths, urls, args, source, pids))
     rows = summarize(cells)
     return {
@@ -591,6 +600,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": {"path": args.model, "shape": model_shape(args.model), "hidden_size": source.hidden_size},
             "engine_args": engine, "triton_parameters": args.parameters,
             "frontend_args": args.frontend_args, "paths": paths, "not_run": not_run,
+            "serving_cpus": sorted(args.serving_cpus) if args.serving_cpus else None,
             "settings": {"prompt_lens": args.prompt_lens, "concurrency": args.concurrency,
                          "output_tokens": args.output_tokens, "requests": args.requests,
                          "repeats": args.repeats,

@@ -6,11 +6,16 @@ the frontend's processes plus tritonserver's tree. vLLM names its engine process
 everything else in a tree is serving. CPU seconds are read from /proc (psutil) before and after a
 cell. On a CPU box the engine's share includes its spin-waiting, which fills whatever the serving
 processes leave, so the serving share per token is the number to compare between paths.
+
+`pin_serving` keeps a tree's serving processes on given CPUs (every thread), engines untouched. vLLM's
+CPU build binds its worker's OpenMP threads to some cores and reserves the rest for other work; a
+serving thread that lands on an OpenMP core preempts the worker and stalls the whole step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 
 import psutil
@@ -56,3 +61,35 @@ def cpu_split(roots: Iterable[int]) -> CpuSplit:
         else:
             serving += times.user + times.system
     return CpuSplit(serving, engine)
+
+
+def parse_cpus(text: str) -> set[int]:
+    """A CPU list as taskset and vLLM write it ("1", "0,2", "2-5") -> CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()) or int(last or first) < int(first):
+            raise ValueError(f"not a CPU list: {text!r} (e.g. '1', '0,2' or '2-5')")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def pin_serving(roots: Iterable[int], cpus: set[int]) -> int:
+    """Run every thread of the serving processes under `roots` on `cpus` (engine processes, VLLM::...,
+    keep their own placement); returns how many threads were set. Threads started later inherit
+    their creator's CPUs."""
+    pinned = 0
+    for process in _trees(roots).values():
+        try:
+            if process.name().startswith(ENGINE_PROCESS_PREFIX):
+                continue
+            threads = [thread.id for thread in process.threads()]
+        except psutil.Error:
+            continue
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cpus)
+                pinned += 1
+            except (ProcessLookupError, PermissionError):
+                continue  # the thread ended meanwhile, or is not ours to move
+    return pinned
