@@ -1,7 +1,8 @@
-"""The small interface the routers use to generate, and its implementation over Triton's asyncio gRPC stream.
+"""The small interface the routers use to generate, and its implementation over Triton's asyncio gRPC streams.
 
-One HTTP choice is one Triton request on its own bidirectional stream. A streaming HTTP request
-runs the model with `stream=true` (one response per step, as deltas); a whole one with
+One HTTP choice is one Triton request on a bidirectional stream that carries nothing else while it
+runs; streams are reused from request to request (`triton_streams.StreamPool`). A streaming HTTP
+request runs the model with `stream=true` (one response per step, as deltas); a whole one with
 `stream=false` (one response with everything). Leaving the iterator early (client disconnect,
 another choice failing) cancels the gRPC call, which Triton turns into a cancelled request that
 the model aborts in the engine.
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import InferResult
 from tritonclient.utils import InferenceServerException
 
 from backend import interface as io
 from backend.types import PromptLogprobs
 from client.frontend.errors import APIError, from_grpc_error, from_triton_message
+from client.frontend.triton_streams import StreamPool, infer_request, is_final
 from client.triton_inputs import build_inputs, model_info_inputs, read_model_info
 
 logger = logging.getLogger(__name__)
@@ -247,9 +250,10 @@ class TritonClient:
         self._ids = itertools.count()
         self._metrics_url = metrics_url
         self._http = httpx.AsyncClient(timeout=2.0) if metrics_url else None
-        self._closing: set[Any] = set()  # finished requests' calls, until Triton's status ends them
+        self._streams = StreamPool(url)
 
     async def close(self) -> None:
+        await self._streams.close()
         await self._client.close()
         if self._http is not None:
             await self._http.aclose()
@@ -304,50 +308,60 @@ class TritonClient:
         raise APIError(503, "the inference server closed the stream before answering model_info")
 
     async def generate(self, request: TritonRequest) -> AsyncIterator[Delta]:
-        message = {"model_name": self._model, "inputs": triton_inputs(request),
-                   "request_id": f"frontend-{next(self._ids)}"}
+        request_id = f"frontend-{next(self._ids)}"
+        message = infer_request(self._model, triton_inputs(request), request_id)
+        call = self._streams.take()
+        timed_out = False
 
-        async def requests() -> AsyncIterator[dict[str, Any]]:
-            yield message  # then half-close: Triton ends the stream (status OK) after the final response
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            call.cancel()  # Triton cancels the request; the pending read raises CancelledError
 
-        call = self._client.stream_infer(requests(), stream_timeout=self._timeout_s)
-        finished = False
-        ended: set[int] = set()  # choices that have sent their finish reason
+        timer = asyncio.get_running_loop().call_later(self._timeout_s, time_out)
+        finished = reusable = False  # the request is over on Triton's side / its stream may carry another
         try:
-            async for result, error in call:
-                if error is not None:
+            await call.write(message)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
                     finished = True
-                    raise from_triton_message(str(error.message() if hasattr(error, "message") else error))
-                delta = read_delta(result)
-                if delta.finish_reason:
-                    ended.add(delta.index)
-                # One choice's finish reason ends the request only when every choice has ended.
-                delta.final = len(ended) >= request.choices or _final_flag(result)
+                    raise APIError(500, "the inference server closed the stream before the final response")
+                result = response.infer_response
+                if result.id != request_id:
+                    finished = True  # the stream is retired below; this request is not told apart from the other
+                    raise APIError(500, "the inference server sent a response of another request")
+                final = is_final(result)
+                if response.error_message:
+                    # The model's errors end its request (final); Triton's own (model not found, bad
+                    # input) come before the model runs, without the flag: the request is over either way.
+                    finished, reusable = True, final
+                    raise from_triton_message(response.error_message)
+                delta = read_delta(InferResult(result))
+                delta.final = final
                 # Before the yield: a consumer may stop at the final delta and close this generator.
-                finished = delta.final
+                finished = reusable = final
                 yield delta
-                if delta.final:
+                if final:
                     return
-            finished = True
-            raise APIError(500, "the inference server closed the stream before the final response")
         except grpc.RpcError as exc:
             finished = True
             raise from_grpc_error(exc) from None
-        except InferenceServerException as exc:
+        except asyncio.InvalidStateError:  # a write to a stream Triton ended (status OK) meanwhile
             finished = True
-            raise from_triton_message(str(exc.message())) from None
+            raise APIError(503, "inference server unavailable: the stream was closed") from None
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise
+            finished = True
+            raise APIError(503, f"inference server unavailable: no final response within {self._timeout_s:g} s"
+                           ) from None
         finally:
-            if finished:
-                self._hold_until_closed(call)
+            timer.cancel()
+            if reusable:
+                self._streams.give_back(call)
+            elif finished:
+                self._streams.retire(call)
             else:
                 # Left early (client gone, cancelled task): cancel the RPC so Triton cancels the request.
                 call.cancel()
-
-    def _hold_until_closed(self, call: Any) -> None:
-        """Keep a finished request's gRPC call until its status arrives. One dropped before that is
-        cancelled when garbage-collected: a needless cancel that the frontend and Triton both pay for."""
-        grpc_call = getattr(call, "_grpc_call", None)  # the grpc.aio call inside tritonclient's iterator
-        if grpc_call is None or grpc_call.done():
-            return
-        self._closing.add(grpc_call)
-        grpc_call.add_done_callback(self._closing.discard)
