@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_serving import machine_info
-from benchmarks.server_cpu import cpu_split
+from benchmarks.server_cpu import cpu_split, parse_cpus, pin_serving
 from benchmarks.servers import REPO_ROOT, Servers, engine_args
 from scripts.devservers import LOOPBACK, TINY_MODEL, Process, _http_ok, free_port
 
@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=640)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--frontend-args", default="", help="extra options for every frontend")
+    p.add_argument("--serving-cpus", type=parse_cpus, default=None,
+                   help="pin tritonserver, the stub and the frontends (not vLLM's engine) to these CPUs, e.g. '1': "
+                        "the run-to-run spread on the CPU box comes largely from where they land against the "
+                        "engine's OpenMP core")
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "bench")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -97,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                 if root != REPO_ROOT:
                     trees.append(root)
                 frontends[rev] = start_frontend(root, triton_url, work / f"frontend-{i}.log", args.frontend_args.split())
+            if args.serving_cpus:
+                pinned = pin_serving([triton_pid, *(process.pid for process, _ in frontends.values())], args.serving_cpus)
+                logger.info("pinned %d serving threads to CPUs %s", pinned, sorted(args.serving_cpus))
             for round_ in range(args.rounds):
                 order = args.rev if round_ % 2 == 0 else args.rev[::-1]
                 for rev in order:
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     setup = (f"Machine: {machine_info()['summary']}. Model `{args.model}`; streamed /v1/completions, "
              f"{args.prompt_len}-row prompt_embeds, {args.output_tokens} output tokens, {args.concurrency} streams, "
              f"{args.requests} requests a round, {args.rounds} rounds alternating builds (order reversed each "
-             f"round), medians (`benchmarks/ab_frontend.py`).")
+             f"round), medians (`benchmarks/ab_frontend.py`). Serving processes pinned to CPUs: "
+             f"{sorted(args.serving_cpus) if args.serving_cpus else 'no'}.")
     header = ("| build | out tok/s | TTFT p50 ms | frontend CPU µs/tok | tritonserver + stub CPU µs/tok | "
               "engine CPU µs/tok | errors |")
     lines = [f"# Frontend A/B: {args.name}", "", setup, "", header, "|---|---:|---:|---:|---:|---:|---:|"]

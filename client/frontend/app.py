@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from typing import AsyncIterator, Callable
@@ -66,6 +67,7 @@ def create_app(config: FrontendConfig, client_factory: Callable[[], GenerationCl
             metrics_url=config.metrics_url)
         app.state.frontend = FrontendState(config, client, metrics)
         logger.info("serving %s (Triton model %s at %s)", config.served_name, config.triton_model, config.triton_url)
+        freeze_startup_heap()
         try:
             yield
         finally:
@@ -103,6 +105,18 @@ def create_app(config: FrontendConfig, client_factory: Callable[[], GenerationCl
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive after startup (modules, torch, FastAPI's routes) out of the GC's reach.
+
+    As vLLM's API server does at the same point: the ~220,000 objects startup leaves are never
+    garbage, yet a full collection walks them all (0.11-0.13 s on the CPU box, measured during
+    startup), with the event loop stopped. Requests' objects are collected as before. No change in
+    throughput was measurable (benchmarks/ab_frontend); it keeps those pauses out of serving.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def setup_process(config: FrontendConfig) -> None:
