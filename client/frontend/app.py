@@ -64,7 +64,7 @@ def create_app(config: FrontendConfig, client_factory: Callable[[], GenerationCl
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = client_factory() if client_factory else TritonClient(
             config.triton_url, config.triton_model, timeout_s=config.request_timeout_s,
-            metrics_url=config.metrics_url)
+            metrics_url=config.metrics_url, on_stream_open=metrics.triton_streams.inc)
         app.state.frontend = FrontendState(config, client, metrics)
         logger.info("serving %s (Triton model %s at %s)", config.served_name, config.triton_model, config.triton_url)
         freeze_startup_heap()

@@ -133,6 +133,9 @@ class Metrics:
         self.disconnects = Counter("frontend_client_disconnects_total",
                                  "Requests whose client left before the end (Triton request cancelled)",
                                  ["endpoint"], registry=self.registry)
+        self.triton_streams = Counter("frontend_triton_streams_opened_total",
+                                      "gRPC streams opened to Triton (each carries one request at a time and is "
+                                      "kept for the next)", registry=self.registry)
 
     def exposition(self) -> bytes:
         """Prometheus text: this process's metrics, or all workers' added up in multiprocess mode."""

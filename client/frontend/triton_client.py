@@ -14,7 +14,8 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import grpc
 import httpx
@@ -243,14 +244,15 @@ def engine_healthy_gauge(metrics_text: str, model: str) -> bool | None:
 class TritonClient:
     """GenerationClient over `tritonclient.grpc.aio`; create it inside the serving event loop."""
 
-    def __init__(self, url: str, model: str, *, timeout_s: float = 600.0, metrics_url: str | None = None) -> None:
+    def __init__(self, url: str, model: str, *, timeout_s: float = 600.0, metrics_url: str | None = None,
+                 on_stream_open: Callable[[], None] | None = None) -> None:
         self._client = aioclient.InferenceServerClient(url)
         self._model = model
         self._timeout_s = timeout_s
         self._ids = itertools.count()
         self._metrics_url = metrics_url
         self._http = httpx.AsyncClient(timeout=2.0) if metrics_url else None
-        self._streams = StreamPool(url)
+        self._streams = StreamPool(url, on_open=on_stream_open)
 
     async def close(self) -> None:
         await self._streams.close()

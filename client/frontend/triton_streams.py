@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -60,14 +61,15 @@ class StreamPool:
     Create it inside the serving event loop (grpc.aio). Not thread-safe; it needs no lock on one loop.
     """
 
-    def __init__(self, url: str, *, max_idle: int = 256, idle_s: float = 120.0) -> None:
+    def __init__(self, url: str, *, max_idle: int = 256, idle_s: float = 120.0,
+                 on_open: Callable[[], None] | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._idle: list[tuple[float, Any]] = []  # (idle since, call), oldest first
         self._closing: set[Any] = set()  # retired calls, until Triton's status ends them
         self._max_idle = max_idle
         self._idle_s = idle_s
-        self.opened = 0  # streams opened so far (tests and benchmarks read it)
+        self._on_open = on_open  # called for each stream opened (a metric)
 
     @property
     def idle(self) -> int:
@@ -79,7 +81,8 @@ class StreamPool:
             _, call = self._idle.pop()
             if not call.done():  # a stream ended while idle (server gone, restarted) is dropped
                 return call
-        self.opened += 1
+        if self._on_open is not None:
+            self._on_open()
         return self._stub.ModelStreamInfer()
 
     def give_back(self, call: Any) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import httpx
@@ -320,6 +321,32 @@ def test_bad_requests_are_400_with_param(http: httpx.Client, body: dict, param: 
         response = http.post("/v1/completions", json={**body, "stream": stream})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == param
+
+
+def _streams_opened(http: httpx.Client) -> float:
+    metrics = http.get("/metrics").text
+    return float(re.search(r"^frontend_triton_streams_opened_total (\S+)$", metrics, re.MULTILINE).group(1))
+
+
+def test_triton_streams_are_reused_and_every_request_keeps_its_own_output(client, http: httpx.Client) -> None:
+    """The frontend keeps its gRPC streams to Triton from one request to the next. Sequential
+    requests, refused ones between them (the model's refusals end with Triton's final flag), open
+    no new stream; under concurrency every request still gets its own greedy output."""
+    prompts = ["Once upon a time", "Hello", "1, 2, 3,", "The capital of France is"]
+    references = {prompt: completion_text(client, prompt=prompt) for prompt in prompts}
+    assert len(set(references.values())) == len(prompts)  # the check below can tell them apart
+    before = _streams_opened(http)
+    for prompt in prompts:
+        refused = http.post("/v1/completions", json={"prompt": [5, 10**6], "max_tokens": 4})  # the model refuses
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt", refused.text
+        assert completion_text(client, prompt=prompt) == references[prompt]
+        with http.stream("POST", "/v1/completions", json={"prompt": prompt, "stream": True, **GREEDY}) as response:
+            texts = [e["choices"][0]["text"] for e in sse_events(response) if e != "[DONE]" and e["choices"]]
+        assert "".join(texts) == references[prompt]
+    assert _streams_opened(http) == before
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(lambda prompt: completion_text(client, prompt=prompt), prompts * 4))
+    assert outputs == [references[prompt] for prompt in prompts * 4]
 
 
 # -- several worker processes ---------------------------------------------------------------------
