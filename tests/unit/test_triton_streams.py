@@ -96,7 +96,7 @@ class FakeStub:
     def __init__(self, *scripts: Script) -> None:
         self.scripts, self.calls = list(scripts), []
 
-    def ModelStreamInfer(self) -> FakeCall:  # noqa: N802 - grpc's generated name
+    def ModelStreamInfer(self) -> FakeCall:  # grpc's generated method name
         call = FakeCall(lambda message: self.scripts.pop(0)(message))
         self.calls.append(call)
         return call
