@@ -330,8 +330,7 @@ class TritonClient:
                     finished = True
                     raise APIError(500, "the inference server closed the stream before the final response")
                 result = response.infer_response
-                if result.id != request_id:
-                    finished = True  # the stream is retired below; this request is not told apart from the other
+                if result.id != request_id:  # the stream is cancelled below, with whatever runs on it
                     raise APIError(500, "the inference server sent a response of another request")
                 final = is_final(result)
                 if response.error_message:

@@ -13,8 +13,8 @@ Reuse rests on what tritonserver does on a stream (checked with 2.51, and tested
 - every response carries its request's id.
 
 A stream goes back only after a response marked final that has the request's own id. Anything else
-(an error Triton raised before the model ran, a stray id, a cancel, a timeout, a broken stream)
-retires it, so no response of one request can reach another. Cancelling a request is still
+retires it (an error Triton raised before the model ran, a broken stream) or cancels it (a stray
+id, a client that left, a timeout), so no response of one request can reach another. Cancelling a request is still
 cancelling its stream, which Triton turns into a cancelled request: the stream carries nothing else.
 """
 
