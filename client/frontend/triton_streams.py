@@ -21,6 +21,7 @@ cancelling its stream, which Triton turns into a cancelled request: the stream c
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,8 +66,8 @@ class StreamPool:
                  on_open: Callable[[], None] | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._idle: list[tuple[float, Any]] = []  # (idle since, call), oldest first
-        self._closing: set[Any] = set()  # retired calls, until Triton's status ends them
+        self._idle: collections.deque[tuple[float, Any]] = collections.deque()  # (idle since, call), oldest first
+        self._closing: set[Any] = set()  # retired calls and their half-closes, until each is done
         self._max_idle = max_idle
         self._idle_s = idle_s
         self._on_open = on_open  # called for each stream opened (a metric)
@@ -89,7 +90,7 @@ class StreamPool:
         """A stream whose request has had its final response, for the next request."""
         now = time.monotonic()
         while self._idle and (len(self._idle) >= self._max_idle or now - self._idle[0][0] > self._idle_s):
-            self.retire(self._idle.pop(0)[1])
+            self.retire(self._idle.popleft()[1])
         if call.done():
             return
         self._idle.append((now, call))
@@ -97,20 +98,22 @@ class StreamPool:
     def retire(self, call: Any) -> None:
         """Close a stream with no request in flight: half-close it, so Triton ends it with OK (no cancel).
 
-        The call is held until its status arrives: one dropped sooner is cancelled when collected.
+        The call is held until its status arrives (one dropped sooner is cancelled when collected),
+        and the half-close's task until it ends (the loop keeps only a weak reference to it).
         """
         if call.done():
             return
-        self._closing.add(call)
-        call.add_done_callback(self._closing.discard)
         closing = asyncio.ensure_future(call.done_writing())
         closing.add_done_callback(_ignore_result)
+        for held in (call, closing):
+            self._closing.add(held)
+            held.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         while self._idle:
             self._idle.pop()[1].cancel()
-        for call in list(self._closing):
-            call.cancel()
+        for held in list(self._closing):
+            held.cancel()
         await self._channel.close()
 
 

@@ -224,7 +224,7 @@ def test_the_pool_keeps_at_most_max_idle_streams_and_drops_old_ones() -> None:
             pool.give_back(call)
         await asyncio.sleep(0)
         assert pool.idle == 2 and calls[0].half_closed  # the oldest went
-        pool._idle[0] = (pool._idle[0][0] - 61, pool._idle[0][1])  # idle for over a minute
+        pool._idle[0] = (pool._idle[0][0] - 61, pool._idle[0][1])  # idle for over the limit
         pool.give_back(FakeCall(steps(1)))
         await asyncio.sleep(0)
         assert pool.idle == 2 and calls[1].half_closed
