@@ -77,10 +77,19 @@ class StreamPool:
         return len(self._idle)
 
     def take(self) -> Any:
-        """An idle stream that is still open, else a new one."""
+        """The most recently used idle stream that is still open, else a new one.
+
+        Streams idle longer than `idle_s` are closed rather than used (after a quiet spell a proxy
+        may have dropped them), and so is the rest: they are older still.
+        """
+        now = time.monotonic()
         while self._idle:
-            _, call = self._idle.pop()
-            if not call.done():  # a stream ended while idle (server gone, restarted) is dropped
+            since, call = self._idle.pop()
+            if now - since > self._idle_s:
+                self.retire(call)
+                while self._idle:
+                    self.retire(self._idle.pop()[1])
+            elif not call.done():  # a stream that ended while idle (server gone, restarted) is dropped
                 return call
         if self._on_open is not None:
             self._on_open()

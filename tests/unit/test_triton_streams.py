@@ -229,6 +229,11 @@ def test_the_pool_keeps_at_most_max_idle_streams_and_drops_old_ones() -> None:
         await asyncio.sleep(0)
         assert pool.idle == 2 and calls[1].half_closed
         assert pool.take() is not calls[2] and pool.take() is calls[2]  # most recently used first
+        pool.give_back(calls[2])
+        pool._idle[0] = (pool._idle[0][0] - 61, calls[2])  # a quiet spell: not used, closed
+        assert pool.take() is not calls[2] and pool.idle == 0
+        await asyncio.sleep(0)
+        assert calls[2].half_closed
         await pool.close()
 
     asyncio.run(test())
