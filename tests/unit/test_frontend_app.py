@@ -538,18 +538,20 @@ def test_preformatted_chunks_equal_the_json_bodies(chat: bool, text: str, reason
     assert json.loads(raw[6:]) == expected
 
 
-def test_a_serving_process_runs_torch_on_one_thread() -> None:
+def test_a_serving_process_runs_torch_on_one_thread_with_its_startup_heap_frozen() -> None:
     """Per-request tensor work is small; an OpenMP team per op waited ~40 ms for cores the engine held.
+    The objects startup leaves are frozen, out of the garbage collector's full collections.
 
     In a fresh interpreter, as a frontend process starts (this one may have imported vLLM's CPU
     worker, which makes torch.set_num_threads a no-op).
     """
-    code = ("import torch; from client.frontend.app import setup_process; "
+    code = ("import gc, torch; from client.frontend.app import setup_process; "
             "from client.frontend.config import FrontendConfig; "
-            "setup_process(FrontendConfig()); print(torch.get_num_threads())")
+            "setup_process(FrontendConfig()); print(torch.get_num_threads(), gc.get_freeze_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2], check=True).stdout
-    assert out.split()[-1] == "1"
+    threads, frozen = out.split()[-2:]
+    assert threads == "1" and int(frozen) > 50_000
 
 
 class PartialCharacterClient(FakeClient):
