@@ -111,3 +111,34 @@ def test_a_replacement_engine_gets_it_too(engine_process):
     asyncio.run(replace())
     assert lifecycle.restarts == 1
     assert thread_niceness(psutil.Process(engine_process.pid)) == {19}
+
+
+def test_a_frozen_heap_lets_a_replaced_engine_go_and_is_frozen_again() -> None:
+    """The model freezes its startup heap (freeze_heap). Frozen objects are never collected, so a
+    replaced engine's reference cycles would stay for good; the restart unfreezes, then freezes again."""
+    import gc
+    import weakref
+
+    from backend.lifecycle import freeze_heap
+
+    old, fresh = FakeEngine(), FakeEngine()
+    old.cycle = old  # as vLLM's engine client: its own tasks and threads refer back to it
+    gone = weakref.ref(old)
+    engines = [old, fresh]  # popped: an iterator over a list would keep the old engine
+    lifecycle = EngineLifecycle(lambda: engines.pop(0), "0")
+    del old
+
+    async def replace() -> None:
+        lifecycle.start()
+        assert freeze_heap() > 0
+        lifecycle.replace("test")
+        while lifecycle.replacing:
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(replace())
+        assert lifecycle.restarts == 1 and lifecycle.engine is fresh
+        assert gone() is None  # collected by the restart's collection, not kept frozen
+        assert gc.get_freeze_count() > 0  # and the heap is frozen again
+    finally:
+        gc.unfreeze()

@@ -19,6 +19,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 from backend.config import parse_serving_config, triton_parameters  # noqa: E402
 from backend.intake import Intake  # noqa: E402
+from backend.lifecycle import freeze_heap  # noqa: E402
 from backend.placement import pin_engine  # noqa: E402
 from backend.reaper import start_reaper  # noqa: E402
 from backend.service import GenerationService  # noqa: E402
@@ -45,6 +46,8 @@ class TritonPythonModel:
         self.metrics = TritonMetrics(name, args["model_instance_name"]) if config.report_custom_metrics else None
         self.service = GenerationService(model_config, engine_args_path, observer=self.metrics)
         self.intake = Intake(self._take, threads=config.intake_threads)
+        # Out of the garbage collector's full collections: 0.38 s stalls of every stream (freeze_heap).
+        logger.info("froze %d startup objects out of the garbage collector's full collections", freeze_heap())
 
     def execute(self, requests):
         # Only queued here: Triton sends the next requests once this returns (see backend.intake).
@@ -70,5 +73,6 @@ class TritonPythonModel:
         # the stub can: left to the interpreter's exit, their destructors touch shared memory that
         # is gone already (the stub segfaulted there on Triton 2.51).
         self.service = self.metrics = self.intake = None
+        gc.unfreeze()  # frozen objects are never collected: those of initialize() must be, here
         gc.collect()
 
