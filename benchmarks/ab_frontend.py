@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 from benchmarks.bench_serving import machine_info
 from benchmarks.server_cpu import cpu_split, parse_cpus, pin_serving
 from benchmarks.servers import REPO_ROOT, Servers, engine_args
-from scripts.devservers import LOOPBACK, TINY_MODEL, Process, _http_ok, free_port
+from scripts.devservers import TINY_MODEL, FrontendServer
 
 logger = logging.getLogger("ab_frontend")
 WORKTREE = "WORKTREE"
@@ -42,18 +41,6 @@ def checkout(rev: str, into: Path) -> Path:
     subprocess.run(["git", "worktree", "add", "--detach", str(into), rev], cwd=REPO_ROOT, check=True,
                    capture_output=True)
     return into
-
-
-def start_frontend(root: Path, grpc_url: str, log: Path, extra: list[str]) -> tuple[Process, str]:
-    """`python -m client.frontend` from `root` (-P: the interpreter's working directory is not on the path)."""
-    port = free_port()
-    argv = [sys.executable, "-P", "-m", "client.frontend", "--triton-url", grpc_url, "--host", LOOPBACK,
-            "--port", str(port), *extra]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    process = Process(argv, env, log)
-    url = f"http://{LOOPBACK}:{port}"
-    process.wait_until(lambda: _http_ok(f"{url}/health"), f"frontend at {root}")
-    return process, url
 
 
 def run_load(url: str, args: argparse.Namespace, hidden: int, out_dir: Path, name: str) -> dict[str, Any]:
@@ -93,24 +80,25 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         triton_url = servers.triton(engine_args(args.model))
         triton_pid = servers.processes[-1].pid
-        frontends: dict[str, tuple[Process, str]] = {}
+        frontends: dict[str, FrontendServer] = {}
         trees = []
         try:
             for i, rev in enumerate(args.rev):
                 root = checkout(rev, work / f"tree-{i}")
                 if root != REPO_ROOT:
                     trees.append(root)
-                frontends[rev] = start_frontend(root, triton_url, work / f"frontend-{i}.log", args.frontend_args.split())
+                frontends[rev] = FrontendServer(triton_url, work / f"frontend-{i}.log", *args.frontend_args.split(),
+                                                root=root)
             if args.serving_cpus:
-                pinned = pin_serving([triton_pid, *(process.pid for process, _ in frontends.values())], args.serving_cpus)
+                pinned = pin_serving([triton_pid, *(server.pid for server in frontends.values())], args.serving_cpus)
                 logger.info("pinned %d serving threads to CPUs %s", pinned, sorted(args.serving_cpus))
             for round_ in range(args.rounds):
                 order = args.rev if round_ % 2 == 0 else args.rev[::-1]
                 for rev in order:
-                    process, url = frontends[rev]
-                    before = (cpu_split([process.pid]), cpu_split([triton_pid]))
-                    cell = run_load(url, args, hidden, work, f"load-{round_}")
-                    after = (cpu_split([process.pid]), cpu_split([triton_pid]))
+                    server = frontends[rev]
+                    before = (cpu_split([server.pid]), cpu_split([triton_pid]))
+                    cell = run_load(server.url, args, hidden, work, f"load-{round_}")
+                    after = (cpu_split([server.pid]), cpu_split([triton_pid]))
                     row = {"tok_s": cell["output_tok_s"], "ttft_p50_ms": cell["ttft_p50_ms"],
                            "errors": cell["errors"], "tok_per_chunk": cell["tokens_per_chunk"],
                            "frontend_us_per_tok": (after[0] - before[0]).serving_s * 1e6 / cell["tokens"],
@@ -119,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                     rows[rev].append(row)
                     logger.info("round %d %s: %s", round_, rev, {k: round(v, 1) for k, v in row.items()})
         finally:
-            for process, _ in frontends.values():
-                process.stop()
+            for server in frontends.values():
+                server.stop()
             for tree in trees:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO_ROOT, check=False)
     keys = ("tok_s", "ttft_p50_ms", "frontend_us_per_tok", "triton_us_per_tok", "engine_us_per_tok", "errors")

@@ -120,10 +120,11 @@ def python_module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def checkout_env() -> dict[str, str]:
-    """This environment with the checkout on PYTHONPATH (for `python -m client.frontend` and friends)."""
+def checkout_env(root: Path = REPO_ROOT) -> dict[str, str]:
+    """This environment with a checkout (this one by default) on PYTHONPATH (for `python -m client.frontend`
+    and friends)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -284,12 +285,16 @@ class FrontendServer(Process):
 
     def __init__(self, grpc_url: str, log_path: Path | None, *extra: str, host: str = LOOPBACK,
                  port: int | None = None, python: list[str] | None = None,
-                 timeout_s: float = 120) -> None:
+                 timeout_s: float = 120, root: Path = REPO_ROOT) -> None:
+        """`root`: the checkout to run the frontend from (another one: a git worktree of another revision)."""
         self.host = host
+        # -P: the working directory (this checkout) does not go on sys.path ahead of another `root`.
+        interpreter = [*(python or [sys.executable]), *([] if root == REPO_ROOT else ["-P"])]
+
         def launch() -> tuple[list[str], dict[str, str]]:
             self.port = port or free_port()
-            return [*(python or [sys.executable]), "-m", "client.frontend", "--triton-url", grpc_url,
-                    "--host", host, "--port", str(self.port), *extra], checkout_env()
+            return [*interpreter, "-m", "client.frontend", "--triton-url", grpc_url,
+                    "--host", host, "--port", str(self.port), *extra], checkout_env(root)
 
         self._start_on_free_ports(launch, log_path, lambda: _http_ok(f"{self.url}/health"), "frontend", timeout_s,
                                   fixed_ports=port is not None)
