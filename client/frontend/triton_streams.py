@@ -77,19 +77,11 @@ class StreamPool:
         return len(self._idle)
 
     def take(self) -> Any:
-        """The most recently used idle stream that is still open, else a new one.
-
-        Streams idle longer than `idle_s` are closed rather than used (after a quiet spell a proxy
-        may have dropped them), and so is the rest: they are older still.
-        """
-        now = time.monotonic()
+        """The most recently used idle stream that is still open, else a new one."""
+        self._retire_stale(time.monotonic())
         while self._idle:
-            since, call = self._idle.pop()
-            if now - since > self._idle_s:
-                self.retire(call)
-                while self._idle:
-                    self.retire(self._idle.pop()[1])
-            elif not call.done():  # a stream that ended while idle (server gone, restarted) is dropped
+            _, call = self._idle.pop()
+            if not call.done():  # a stream that ended while idle (server gone, restarted) is dropped
                 return call
         if self._on_open is not None:
             self._on_open()
@@ -98,11 +90,18 @@ class StreamPool:
     def give_back(self, call: Any) -> None:
         """A stream whose request has had its final response, for the next request."""
         now = time.monotonic()
-        while self._idle and (len(self._idle) >= self._max_idle or now - self._idle[0][0] > self._idle_s):
+        self._retire_stale(now)
+        while len(self._idle) >= self._max_idle:
             self.retire(self._idle.popleft()[1])
         if call.done():
             return
         self._idle.append((now, call))
+
+    def _retire_stale(self, now: float) -> None:
+        """Close the streams idle longer than `idle_s` rather than use them (after a quiet spell a
+        proxy may have dropped them); the oldest come first."""
+        while self._idle and now - self._idle[0][0] > self._idle_s:
+            self.retire(self._idle.popleft()[1])
 
     def retire(self, call: Any) -> None:
         """Close a stream with no request in flight: half-close it, so Triton ends it with OK (no cancel).
